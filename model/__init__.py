@@ -1,0 +1,1 @@
+"""fewstep inference: schedule, denoiser, conditioning, samplers, checkpoints and the pipeline."""

@@ -1,0 +1,75 @@
+"""The denoiser x_hat(z_t, t, cond, gamma): a backbone read as a v-prediction (Salimans & Ho 2022).
+
+The backbone never knows what it predicts; this wrapper turns its output v_hat into
+x_hat = alpha_t z_t - sigma_t v_hat and embeds the guidance weight gamma (Fourier features,
+scaled so that gamma in [0, 14] spans the same frequencies as time does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import schedule
+from .conditioning import Cond
+from .config_io import ConfigError, from_dict, to_dict
+from .networks import NETWORKS, sinusoidal
+
+GAMMA_SCALE = 100.0
+
+
+class Denoiser(nn.Module):
+    def __init__(self, network: dict):
+        super().__init__()
+        kind = network.get("kind") if isinstance(network, dict) else None
+        if kind not in NETWORKS:
+            raise ConfigError(f"network.kind must be one of {sorted(NETWORKS)}, got {kind!r}")
+        cfg_cls, net_cls = NETWORKS[kind]
+        self.net_cfg = from_dict(cfg_cls, network, "network")
+        self.backbone = net_cls(self.net_cfg)
+
+    @property
+    def network_config(self) -> dict:
+        return to_dict(self.net_cfg)
+
+    @property
+    def takes_gamma(self) -> bool:
+        return self.net_cfg.gamma_embed_dim > 0
+
+    def gamma_features(self, gamma, batch: int, device) -> torch.Tensor | None:
+        if not self.takes_gamma:
+            return None
+        if gamma is None:
+            raise ValueError("this student takes the guidance weight gamma as an input; none was given")
+        gamma = torch.as_tensor(gamma, dtype=torch.float32, device=device)
+        if gamma.ndim == 0:
+            gamma = gamma.expand(batch)
+        return sinusoidal(gamma * GAMMA_SCALE, self.net_cfg.gamma_embed_dim)
+
+    def v(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma=None) -> torch.Tensor:
+        """The raw v_hat prediction; t is (B,) or a scalar."""
+        t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
+        if t.ndim == 0:
+            t = t.expand(z.shape[0])
+        return self.backbone(z, t, cond, self.gamma_features(gamma, z.shape[0], z.device))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma=None, *, predict: str = "x") -> torch.Tensor:
+        """x_hat (predict="x") or the raw v_hat (predict="v", what the training losses compare)."""
+        t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
+        v = self.v(z, t, cond, gamma)
+        if predict == "v":
+            return v
+        return schedule.x_from_v(z=z, v=v, t=t)
+
+
+def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int) -> Denoiser:
+    """Stage-1 initialisation: the teacher's weights plus a zero-initialised gamma projection,
+    so that the fresh student equals the teacher's conditional model exactly."""
+    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim)
+    student = Denoiser(network)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any("cond_proj" not in key for key in missing):
+        raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
+    proj = student.backbone.gamma_projection()
+    nn.init.zeros_(proj.weight)
+    return student

@@ -1,0 +1,166 @@
+"""Backbones: raw networks mapping (z_t, t, cond, gamma features) to an output the Denoiser reads as v.
+
+`UNetBackbone` wraps diffusers' UNet2DConditionModel: class labels through its class
+embedding (one extra row for the null class), text token states through cross-attention
+(a learned null sequence stands in for dropped prompts), inpainting context as extra input
+channels, and gamma through `time_cond_proj_dim` (added to the time embedding by a linear
+projection that the Denoiser's owner initialises to zero). `MLPBackbone` is the same idea
+for 2-D toy data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .conditioning import NULL_LABEL, Cond
+from .config_io import ConfigError
+
+
+def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer-style Fourier features of a scalar per sample: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def labels_to_index(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Map NULL_LABEL to the extra embedding row `num_classes`."""
+    return torch.where(labels == NULL_LABEL, torch.full_like(labels, num_classes), labels)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    kind: str = "unet"
+    resolution: int = 16  # of z (latent or pixel)
+    channels: int = 3  # of z
+    context_channels: int = 0  # inpainting context: channels + 1, or 0 when the family has no inpainting
+    num_classes: int = 0  # 0: no class conditioning
+    text_dim: int = 0  # 0: no text conditioning
+    text_len: int = 16
+    block_out_channels: tuple[int, ...] = (32, 64)
+    attention_levels: tuple[bool, ...] = (False, True)  # cross-attention per resolution level (needs text)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    gamma_embed_dim: int = 0  # 0: no gamma input (a teacher); >0: Fourier features of gamma
+
+    def __post_init__(self):
+        if len(self.block_out_channels) != len(self.attention_levels):
+            raise ConfigError("unet: block_out_channels and attention_levels must have the same length")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ConfigError("unet: every block width must be divisible by norm_num_groups")
+        if self.resolution % (2 ** (len(self.block_out_channels) - 1)):
+            raise ConfigError("unet: resolution must be divisible by 2^(levels - 1)")
+
+
+class UNetBackbone(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        self.cfg = cfg
+        use_text = cfg.text_dim > 0
+        attn = [a and use_text for a in cfg.attention_levels]
+        self.unet = UNet2DConditionModel(
+            sample_size=cfg.resolution,
+            in_channels=cfg.channels + cfg.context_channels,
+            out_channels=cfg.channels,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+            mid_block_type="UNetMidBlock2DCrossAttn" if use_text else "UNetMidBlock2D",
+            block_out_channels=cfg.block_out_channels,
+            layers_per_block=cfg.layers_per_block,
+            cross_attention_dim=cfg.text_dim if use_text else 8,
+            attention_head_dim=cfg.attention_head_dim,
+            norm_num_groups=cfg.norm_num_groups,
+            num_class_embeds=cfg.num_classes + 1 if cfg.num_classes else None,
+            time_cond_proj_dim=cfg.gamma_embed_dim or None,
+        )
+        if use_text:
+            self.null_text = nn.Parameter(torch.randn(1, cfg.text_len, cfg.text_dim) * 0.02)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None):
+        cfg, batch = self.cfg, z.shape[0]
+        x = z
+        if cfg.context_channels:
+            if cond.context is None:
+                raise ValueError("this network needs an inpainting context (use full_mask_context for plain generation)")
+            x = torch.cat([z, cond.context.to(z.dtype)], dim=1)
+        class_labels = None
+        if cfg.num_classes:
+            labels = cond.labels if cond.labels is not None else torch.full((batch,), NULL_LABEL, device=z.device)
+            class_labels = labels_to_index(labels.to(z.device), cfg.num_classes)
+        text = text_mask = None
+        if cfg.text_dim:
+            null_text = self.null_text.to(z.dtype).expand(batch, -1, -1)
+            null_mask = torch.zeros(batch, cfg.text_len, dtype=torch.bool, device=z.device)
+            null_mask[:, 0] = True
+            if cond.text is None:
+                text, text_mask = null_text, null_mask
+            else:
+                keep = cond.text_mask.any(dim=1)
+                text = torch.where(keep[:, None, None], cond.text.to(z.dtype), null_text)
+                text_mask = torch.where(keep[:, None], cond.text_mask, null_mask)
+        out = self.unet(
+            x,
+            t * 1000.0,
+            encoder_hidden_states=text,
+            class_labels=class_labels,
+            timestep_cond=None if gamma_features is None else gamma_features.to(z.dtype),
+            encoder_attention_mask=None if text_mask is None else text_mask.to(z.dtype),
+        ).sample
+        return out
+
+    def gamma_projection(self) -> nn.Linear | None:
+        return self.unet.time_embedding.cond_proj
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    kind: str = "mlp"
+    channels: int = 2
+    num_classes: int = 0
+    hidden: int = 256
+    depth: int = 4
+    time_embed_dim: int = 64
+    gamma_embed_dim: int = 0
+
+
+class MLPBackbone(nn.Module):
+    """Residual MLP for low-dimensional data; gamma joins the time embedding like in the U-Net."""
+
+    def __init__(self, cfg: MLPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden))
+        self.cond_proj = nn.Linear(cfg.gamma_embed_dim, cfg.time_embed_dim, bias=False) if cfg.gamma_embed_dim else None
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.hidden) if cfg.num_classes else None
+        self.inp = nn.Linear(cfg.channels, cfg.hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(cfg.hidden), nn.Linear(cfg.hidden, cfg.hidden * 2), nn.SiLU(), nn.Linear(cfg.hidden * 2, cfg.hidden))
+            for _ in range(cfg.depth)
+        )
+        self.out = nn.Sequential(nn.LayerNorm(cfg.hidden), nn.Linear(cfg.hidden, cfg.channels))
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None):
+        temb = sinusoidal(t * 1000.0, self.cfg.time_embed_dim)
+        if gamma_features is not None:
+            temb = temb + self.cond_proj(gamma_features)
+        h = self.inp(z) + self.time_mlp(temb)
+        if self.class_embed is not None:
+            labels = cond.labels if cond.labels is not None else torch.full((z.shape[0],), NULL_LABEL, device=z.device)
+            h = h + self.class_embed(labels_to_index(labels, self.cfg.num_classes))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+    def gamma_projection(self) -> nn.Linear | None:
+        return self.cond_proj
+
+
+NETWORKS = {"unet": (UNetConfig, UNetBackbone), "mlp": (MLPConfig, MLPBackbone)}

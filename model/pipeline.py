@@ -1,0 +1,122 @@
+"""The pipeline the service calls: a batch of mixed requests -> images, with one forward pass per step.
+
+Requests in one batch may differ in class, prompt, gamma, seed and task (generation,
+img2img, inpainting); they must share the student (step count, stochastic or not). Each
+request's noise comes from its own seed, so its pixels do not depend on its batch mates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .autoencoder import encode_inpaint_context
+from .conditioning import NULL_LABEL, Cond
+from .family import Family
+from .guidance import gamma_conditioned
+from .noise import SeededNoise
+from .samplers import img2img_start, sample_ddim, sample_stochastic
+
+
+@dataclass
+class Request:
+    seed: int
+    guidance: float
+    class_label: int | None = None
+    prompt: str | None = None
+    image: torch.Tensor | None = None  # (3, H, W) in [-1, 1]: img2img source, or the image to inpaint
+    mask: torch.Tensor | None = None  # (H, W), 1 = repaint: inpainting
+    strength: float = 1.0  # img2img: start at t = strength
+
+
+class Pipeline:
+    def __init__(self, family: Family):
+        self.family = family
+        info = family.info
+        self.text_encoder = None
+        if info.text_encoder:
+            from .text_encoder import TextEncoder
+
+            self.text_encoder = TextEncoder(max_length=info.text_len)
+        if not info.distilled_steps:
+            raise ValueError(f"family {info.family!r} has no distilled students yet")
+        net = family.student(info.distilled_steps[0]).network_config
+        self.z_channels, self.z_side = net["channels"], net.get("resolution")
+
+    def validate(self, request: Request, *, steps: int, stochastic: bool) -> None:
+        """Raise ValueError with a message a user can act on."""
+        info = self.family.info
+        lo, hi = info.guidance_range
+        if not lo <= request.guidance <= hi:
+            raise ValueError(f"guidance {request.guidance} is outside the trained range [{lo}, {hi}] of family {info.family!r}")
+        available = info.stochastic_steps if stochastic else info.distilled_steps
+        if steps not in available:
+            kind = "stochastic " if stochastic else ""
+            raise ValueError(f"no {kind}student for {steps} steps in family {info.family!r}; available: {available}")
+        if request.class_label is not None and not 0 <= request.class_label < len(info.class_names):
+            raise ValueError(f"class_label {request.class_label} is out of range (0..{len(info.class_names) - 1})")
+        if request.prompt and not info.text_encoder:
+            raise ValueError(f"family {info.family!r} takes no text prompts")
+        if request.class_label is None and not request.prompt and request.image is None:
+            raise ValueError("give a class label or a prompt")
+        side = info.resolution
+        if request.image is not None and tuple(request.image.shape) != (3, side, side):
+            raise ValueError(f"image must be 3x{side}x{side}, got {tuple(request.image.shape)}")
+        if request.mask is not None:
+            if request.image is None:
+                raise ValueError("a mask needs an image")
+            if tuple(request.mask.shape) != (side, side):
+                raise ValueError(f"mask must be {side}x{side}, got {tuple(request.mask.shape)}")
+            if not info.inpainting:
+                raise ValueError(f"family {info.family!r} does not inpaint")
+        if not 0 < request.strength <= 1:
+            raise ValueError(f"strength must lie in (0, 1], got {request.strength}")
+
+    def cond(self, requests: list[Request]) -> Cond:
+        fam, dev, dtype = self.family, self.family.device, self.family.dtype
+        n = len(requests)
+        labels = None
+        if fam.info.class_names:
+            labels = torch.tensor([NULL_LABEL if r.class_label is None else r.class_label for r in requests], device=dev)
+        text = text_mask = None
+        if self.text_encoder is not None:
+            text, text_mask = self.text_encoder([r.prompt or "" for r in requests])
+            text, text_mask = text.to(dev, dtype), text_mask.to(dev)
+        context = None
+        if fam.info.inpainting:
+            side = fam.info.resolution
+            images = torch.stack([r.image if r.mask is not None else torch.zeros(3, side, side) for r in requests]).to(dev, dtype)
+            masks = torch.stack([r.mask if r.mask is not None else torch.ones(side, side) for r in requests]).to(dev, dtype)
+            context = encode_inpaint_context(fam.autoencoder, images, masks)
+        return Cond(labels=labels, text=text, text_mask=text_mask, context=context)
+
+    @torch.no_grad()
+    def generate(self, requests: list[Request], *, steps: int, stochastic: bool = False) -> torch.Tensor:
+        """Images (B, 3, H, W) in [-1, 1] for requests that share (steps, stochastic)."""
+        for r in requests:
+            self.validate(r, steps=steps, stochastic=stochastic)
+        fam = self.family
+        student = fam.student(steps, stochastic)
+        shape = (self.z_channels, self.z_side, self.z_side)
+        noises, zs, starts = [], [], []
+        for r in requests:
+            noise = SeededNoise([r.seed], fam.device, fam.dtype)
+            if r.image is not None and r.mask is None and r.strength < 1.0:
+                x = fam.autoencoder.encode(r.image[None].to(fam.device, fam.dtype))
+                z, start = img2img_start(x, r.strength, steps, noise)
+            else:
+                z, start = noise.randn(shape), torch.tensor([steps])
+            noises.append(noise)
+            zs.append(z)
+            starts.append(start.to(fam.device))
+        noise = SeededNoise.cat(noises)
+        gamma = torch.tensor([r.guidance for r in requests], device=fam.device, dtype=fam.dtype)
+        sampler = sample_stochastic if stochastic else sample_ddim
+        z = sampler(gamma_conditioned(student, gamma), torch.cat(zs), self.cond(requests), steps=steps, start=torch.cat(starts), noise=noise)
+        images = fam.autoencoder.decode(z).clamp(-1, 1)
+        for k, r in enumerate(requests):  # inpainting keeps the unmasked pixels exactly
+            if r.mask is not None:
+                m = r.mask.to(images)[None]
+                images[k] = m * images[k] + (1 - m) * r.image.to(images)
+        return images

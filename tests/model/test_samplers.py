@@ -1,0 +1,117 @@
+import math
+
+import torch
+
+from model import schedule
+from model.conditioning import Cond
+from model.guidance import gamma_conditioned
+from model.noise import SeededNoise
+from model.samplers import img2img_start, sample_ddim, sample_dpmpp_2m, sample_stochastic
+
+EMPTY = Cond(labels=torch.zeros(1, dtype=torch.long))
+
+
+def test_ddim_with_an_oracle_returns_the_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    z1 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    oracle = lambda z, t, cond: x
+    for steps in (1, 2, 7, 256):
+        out = sample_ddim(oracle, z1.clone(), EMPTY, steps=steps)
+        assert torch.allclose(out, x, atol=1e-12, rtol=0)
+
+
+def gaussian_posterior_mean(m: float, s: float):
+    """E[x | z_t] for data N(m, s^2) per coordinate."""
+
+    def denoise(z, t, cond):
+        a, sg = schedule.expand_like(schedule.alpha_t(t), z), schedule.expand_like(schedule.sigma_t(t), z)
+        return m + a * s**2 / (a**2 * s**2 + sg**2) * (z - a * m)
+
+    return denoise
+
+
+def test_dpmpp_2m_converges_faster_than_ddim_on_gaussian_data():
+    m, s = 0.5, 0.3
+    z1 = torch.randn(1000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = m + s * z1  # the probability-flow ODE keeps the standardised coordinate
+    denoise = gaussian_posterior_mean(m, s)
+    err = {}
+    for name, sampler in (("ddim", sample_ddim), ("dpm", sample_dpmpp_2m)):
+        for steps in (4, 8, 16, 64):
+            err[name, steps] = (sampler(denoise, z1.clone(), EMPTY, steps=steps) - exact).abs().max().item()
+    # second order vs first order: the gap widens with the step count
+    assert err["dpm", 4] < err["ddim", 4]
+    assert err["dpm", 8] < err["ddim", 8] / 1.3
+    assert err["dpm", 16] < err["ddim", 16] / 3
+    assert err["dpm", 64] < err["ddim", 64] / 5
+    assert err["dpm", 64] < err["dpm", 16] < err["dpm", 8] < err["dpm", 4]
+    assert sample_dpmpp_2m(denoise, z1.clone(), EMPTY, steps=512).sub(exact).abs().max() < 1e-3
+
+
+def test_stochastic_sampler_keeps_the_forward_marginals():
+    """With data a point mass x0 and the exact denoiser, every grid point's z_t must be
+    N(alpha_t x0, sigma_t^2): true only if the added noise has variance sigma_{s|u}^2."""
+    x0 = 0.8
+    seen = {}
+
+    def oracle(z, t, cond):
+        seen[round(t[0].item(), 6)] = z.clone()
+        return torch.full_like(z, x0)
+
+    n = 50_000
+    noise = SeededNoise(list(range(n)), dtype=torch.float64)
+    z1 = noise.randn((1,))
+    out = sample_stochastic(oracle, z1, EMPTY, steps=8, noise=noise)
+    assert torch.allclose(out, torch.full_like(out, x0))
+    for t_val, z in seen.items():
+        t = torch.tensor(t_val, dtype=torch.float64)
+        assert abs(z.mean().item() - schedule.alpha_t(t).item() * x0) < 0.02, t_val
+        assert abs(z.std().item() - schedule.sigma_t(t).item()) < 0.02, t_val
+    assert len(seen) == 8
+
+
+def test_same_seed_same_sample_whatever_shares_the_batch():
+    from .conftest import tiny_cond, randomise
+    from model.denoiser import Denoiser
+    from .conftest import TINY_UNET
+
+    torch.manual_seed(0)
+    student = randomise(Denoiser(dict(TINY_UNET, gamma_embed_dim=8))).eval()
+    cond3 = tiny_cond(3, seed=4)
+    gammas = torch.tensor([0.0, 1.5, 4.0])
+    with torch.no_grad():
+        for sampler in (sample_ddim, sample_stochastic):
+            alone_noise = SeededNoise([1234])
+            alone = sampler(gamma_conditioned(student, gammas[1:2]), alone_noise.randn((3, 8, 8)), cond3.index(slice(1, 2)), steps=4, noise=alone_noise)
+            batch_noise = SeededNoise([7, 1234, 99])
+            batch = sampler(gamma_conditioned(student, gammas), batch_noise.randn((3, 8, 8)), cond3, steps=4, noise=batch_noise)
+            assert torch.allclose(alone[0], batch[1], atol=1e-5)
+            assert not torch.allclose(batch[0], batch[1], atol=1e-2)
+
+
+def test_img2img_starts_on_the_grid_and_keeps_late_starters_waiting():
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    noise = SeededNoise([0, 1, 2], dtype=torch.float64)
+    z, start = img2img_start(x, torch.tensor([1.0, 0.5, 0.1]), 4, noise)
+    assert start.tolist() == [4, 2, 1]
+    assert torch.allclose(z[1].std(), z[1].std())  # finite
+    calls = []
+
+    def record(zz, t, cond):
+        calls.append(t[0].item())
+        return torch.zeros_like(zz)
+
+    out = sample_ddim(record, z, EMPTY, steps=4, start=start)
+    assert calls == [1.0, 0.75, 0.5, 0.25]
+    assert torch.allclose(out, x)
+    # strength 1 is plain generation from the same seed
+    z_full, _ = img2img_start(torch.randn(1, 2, dtype=torch.float64), 1.0, 4, SeededNoise([5], dtype=torch.float64))
+    plain = SeededNoise([5], dtype=torch.float64).randn((2,))
+    assert torch.allclose(z_full, plain, atol=1e-12)
+    try:
+        img2img_start(x, 0.0, 4, SeededNoise([0, 1, 2]))
+    except ValueError as exc:
+        assert "strength" in str(exc)
+    else:
+        raise AssertionError("strength 0 must be refused")

@@ -1,0 +1,36 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "training", *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """The `quick` recipe, run once for the whole session: every stage and the evaluation."""
+    out = tmp_path_factory.mktemp("quick") / "family"
+    cli("run", "quick", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy2d_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy2d") / "family"
+    cli("run", "toy2d", "--out", out)
+    return out
+
+
+def read_metrics(directory: Path) -> dict:
+    return json.loads((directory / "metrics.json").read_text())

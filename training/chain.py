@@ -1,0 +1,152 @@
+"""The whole recipe as a chain of resumable stages: teacher -> stage 1 -> stage 2 rounds -> stochastic.
+
+Each stage writes its checkpoint atomically when it finishes and is skipped on --resume
+once its checkpoint exists; a stage that was killed resumes from its training state in
+OUT/.state/<stage>. family.json lists the finished checkpoints after every stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+
+from model.autoencoder import build_autoencoder
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from model.config_io import to_dict
+from model.denoiser import Denoiser, gamma_student_from_teacher
+from model.family import FamilyInfo, write_family
+from model.text_encoder import ENCODER_NAME
+
+from .config import Recipe, StageConfig
+from .data import build_dataset, step_generator
+from .distributed import DistEnv
+from .loop import train
+from .losses import distill_loss, stage1_loss, teacher_loss
+from .prepare import Preparer
+
+TEXT_LEN = 16
+
+
+def resolve_network(recipe: Recipe, dataset, preparer: Preparer) -> dict:
+    """The recipe's backbone fields plus what the data decides (channels, classes, text, inpainting)."""
+    net = dict(recipe.network)
+    kind = net.get("kind", "unet")
+    net["kind"] = kind
+    net["num_classes"] = dataset.num_classes
+    if kind == "mlp":
+        net["channels"] = dataset.channels
+        return net
+    ae = recipe.autoencoder
+    net["channels"] = ae.latent_channels
+    net["resolution"] = dataset.resolution // ae.downsample
+    net["context_channels"] = ae.latent_channels + 1 if dataset.has_inpainting else 0
+    net["text_dim"] = preparer.text_dim
+    net["text_len"] = TEXT_LEN
+    return net
+
+
+def family_info(recipe: Recipe, dataset, checkpoints: dict) -> FamilyInfo:
+    return FamilyInfo(
+        family=recipe.name,
+        resolution=dataset.resolution,
+        channels=dataset.channels,
+        class_names=list(dataset.class_names) if dataset.num_classes else [],
+        text_encoder=ENCODER_NAME if dataset.has_text else None,
+        text_len=TEXT_LEN,
+        inpainting=bool(dataset.has_inpainting and dataset.resolution),
+        guidance_range=tuple(recipe.guidance_range),
+        autoencoder=to_dict(recipe.autoencoder),
+        checkpoints=checkpoints,
+        data=to_dict(recipe.data),
+    )
+
+
+class Chain:
+    def __init__(self, recipe: Recipe, out: Path, env: DistEnv):
+        self.recipe, self.out, self.env = recipe, Path(out), env
+        self.dataset = build_dataset(recipe.data)
+        self.autoencoder = build_autoencoder(recipe.autoencoder).to(env.device).eval()
+        self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob)
+        self.network = resolve_network(recipe, self.dataset, self.preparer)
+        self.checkpoints: dict[str, dict] = {}
+        both = self.dataset.num_classes and self.dataset.has_text
+        self.p_drop_distill = recipe.p_drop_each if both else 0.0
+
+    # -- plumbing -----------------------------------------------------------------
+    def _stage(self, name: str, role: str, steps: int | None, model: torch.nn.Module, loss, cfg: StageConfig, stage_id: int, parent: str | None):
+        ckpt_dir = self.out / name
+        if (ckpt_dir / "config.json").exists():
+            try:
+                loaded, _ = load_checkpoint(ckpt_dir, self.env.device)
+                self._record(name, role, steps)
+                return loaded
+            except CheckpointError as exc:
+                if self.env.is_main:
+                    print(f"[fewstep] {name}: existing checkpoint unusable ({exc}); training it again")
+        model = model.to(self.env.device)
+        state_dir = self.out / ".state" / name
+        ema = train(name, model, lambda m, step: loss(m, step_generator(self.recipe.seed, stage_id, step, self.env.rank)), cfg, state_dir, self.env)
+        if self.env.is_main:
+            extra = {"parent": parent, "recipe": self.recipe.name, "training": to_dict(cfg)}
+            save_checkpoint(ckpt_dir, ema, role=role, steps=steps, guidance_range=self.recipe.guidance_range if role != "teacher" else None, extra=extra)
+            shutil.rmtree(state_dir, ignore_errors=True)
+        self.env.barrier()
+        self._record(name, role, steps)
+        return ema.eval().requires_grad_(False)
+
+    def _record(self, name: str, role: str, steps: int | None) -> None:
+        self.checkpoints[name] = {"role": role, "steps": steps}
+        if self.env.is_main:
+            write_family(self.out, family_info(self.recipe, self.dataset, self.checkpoints))
+
+    def _batch(self, size: int, g: torch.Generator):
+        seed_parts = (int(torch.randint(0, 2**31 - 1, (1,), generator=g)), self.env.rank)
+        batch = self.dataset.batch(size, seed_parts)
+        return batch
+
+    # -- stages -------------------------------------------------------------------
+    def run(self) -> None:
+        r = self.recipe
+        p = self.preparer
+
+        def teacher_step(model, g):
+            batch = self._batch(r.teacher.batch_size, g)
+            cond = p.cond(batch, g, p_uncond=r.p_uncond, p_drop_each=r.p_drop_each)
+            return teacher_loss(model, p.x(batch), cond, weighting=r.weighting, g=g)
+
+        torch.manual_seed(r.seed)  # the initial weights, identical on every rank and every rerun
+        teacher = self._stage("teacher", "teacher", None, Denoiser(self.network), teacher_step, r.teacher, 1, None)
+
+        def stage1_step(model, g):
+            batch = self._batch(r.stage1.batch_size, g)
+            cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
+            return stage1_loss(model, teacher, p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g)
+
+        student = gamma_student_from_teacher(teacher, r.gamma_embed_dim)
+        prev = self._stage("stage1", "stage1", r.distill_start_steps, student, stage1_step, r.stage1, 2, "teacher")
+        prev_name = "stage1"
+        distilled = {}
+        for k, n in enumerate(r.student_steps):
+            prev = self._distill(f"distilled-{n}", "distilled", n, prev, copy.deepcopy(prev), r.distill, 10 + k, prev_name, stochastic=False)
+            distilled[n] = prev
+            prev_name = f"distilled-{n}"
+        for k, n in enumerate(r.stochastic_steps):
+            # teacher: the N-step deterministic student; start: the N/2-step student (it already takes 2/N steps)
+            self._distill(f"stochastic-{n}", "stochastic", n, distilled[n], copy.deepcopy(distilled[n // 2]), r.stochastic, 50 + k, f"distilled-{n}", stochastic=True)
+
+    def _distill(self, name, role, n, teacher, student, cfg: StageConfig, stage_id, parent, *, stochastic):
+        r, p = self.recipe, self.preparer
+        if n <= 4 and r.final_rounds_scale != 1.0:
+            cfg = StageConfig(**{**to_dict(cfg), "steps": int(cfg.steps * r.final_rounds_scale)})
+        teacher = teacher.eval().requires_grad_(False)
+        student = student.train().requires_grad_(True)
+
+        def step(model, g):
+            batch = self._batch(cfg.batch_size, g)
+            cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
+            return distill_loss(model, teacher, p.x(batch), cond, steps=n, stochastic=stochastic, gamma_range=r.guidance_range, weighting=r.weighting, g=g)
+
+        return self._stage(name, role, n, student, step, cfg, stage_id, parent)

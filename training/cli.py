@@ -1,0 +1,120 @@
+"""`python -m training run RECIPE --out DIR [--resume]` and `python -m training evaluate DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from model.checkpoint import CheckpointError, atomic_write_text
+from model.config_io import ConfigError
+
+from .config import Recipe, apply_overrides
+from .data.imagefolder import DataError
+from .loop import Interrupted
+from .recipes import RECIPES, get_recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train a guided diffusion teacher and distill it into 1-8 step students.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run every stage of a recipe (teacher, stage 1, stage 2 rounds, stochastic students, evaluation)")
+    run.add_argument("recipe", help=f"one of: {', '.join(RECIPES)}")
+    run.add_argument("--out", required=True, type=Path, help="output directory (the model family)")
+    run.add_argument("--resume", action="store_true", help="continue a run in --out where it stopped")
+    run.add_argument("--data-dir", type=Path, help="train on an imagefolder (images + metadata.jsonl) instead of the recipe's data")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. --set teacher.steps=100 (repeatable)")
+    run.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
+    ev = sub.add_parser("evaluate", help="evaluate a model family; writes DIR/metrics.json")
+    ev.add_argument("dir", type=Path)
+    ev.add_argument("--samples", type=int, help="samples per row (default: the recipe's)")
+    ev.add_argument("--repeats", type=int, help="independent seed sets per row (default: the recipe's)")
+    sm = sub.add_parser("sample", help="write a PNG grid of samples from a family's distilled students")
+    sm.add_argument("dir", type=Path)
+    sm.add_argument("--out", type=Path, default=Path("samples.png"))
+    sm.add_argument("--steps", type=int, default=4)
+    sm.add_argument("--guidance", type=float, default=1.0, help="gamma (0: conditional, no guidance)")
+    sm.add_argument("--stochastic", action="store_true")
+    sm.add_argument("--prompt")
+    sm.add_argument("--class", dest="class_name", help="class name or id")
+    sm.add_argument("-n", type=int, default=8)
+    sm.add_argument("--seed", type=int, default=0)
+    sub.add_parser("recipes", help="list the recipes")
+    return parser
+
+
+def resolve_recipe(args) -> Recipe:
+    recipe = get_recipe(args.recipe)
+    overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides += ["data.kind=imagefolder", f"data.root={args.data_dir.resolve()}"]
+    return apply_overrides(recipe, overrides) if overrides else recipe
+
+
+def cmd_run(args) -> int:
+    from .distributed import init_distributed, shutdown
+
+    out: Path = args.out
+    recipe = resolve_recipe(args)
+    if args.dry_run:
+        print(recipe.to_json(), end="")
+        return 0
+    saved = out / "recipe.json"
+    if args.resume:
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no recipe.json)")
+        previous = Recipe.from_json(saved.read_text())
+        if previous != recipe:
+            raise ConfigError(f"--resume: {out} was started with a different recipe; resume with the same recipe and --set/--data-dir options (see {saved})")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; pass --resume to continue it, or choose another --out")
+    env = init_distributed()
+    try:
+        from .chain import Chain
+
+        chain = Chain(recipe, out, env)  # validates the data before anything is written
+        if env.is_main:
+            atomic_write_text(saved, recipe.to_json())
+        env.barrier()
+        chain.run()
+        if env.is_main and not args.no_eval:
+            from .evaluate import evaluate
+
+            evaluate(out)
+    finally:
+        shutdown()
+    if env.is_main:
+        print(f"[fewstep] done: {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    evaluate(args.dir, samples=args.samples, repeats=args.repeats)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "recipes":
+            for name, fn in RECIPES.items():
+                print(f"{name:12s} {fn.__doc__.splitlines()[0]}")
+            return 0
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "sample":
+            from .sample import sample
+
+            path = sample(args.dir, args.out, steps=args.steps, guidance=args.guidance, stochastic=args.stochastic, prompt=args.prompt, class_name=args.class_name, n=args.n, seed=args.seed)
+            print(f"wrote {path}")
+            return 0
+        return cmd_evaluate(args)
+    except (ConfigError, DataError, CheckpointError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130

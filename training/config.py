@@ -1,0 +1,125 @@
+"""Typed recipe configs. The resolved recipe is saved as recipe.json in the output directory
+and beside every checkpoint; `--set key=value` overrides any field from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from model.autoencoder import AutoencoderConfig
+from model.config_io import ConfigError, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = "shapes"  # toy2d | shapes | imagefolder
+    resolution: int = 16
+    root: str | None = None  # imagefolder directory
+    seed: int = 0
+    classes: bool = True  # condition on class labels when the data has them
+    text: bool = True  # condition on captions when the data has them
+    inpaint_prob: float = 0.3  # share of training samples with a random inpainting mask
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_decay: float = 0.999
+    warmup: int = 100
+    grad_clip: float = 1.0
+    save_every_s: float = 60.0  # resumable state at most this often (and at the end)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 256  # per row (sampler, steps, gamma)
+    batch_size: int = 128
+    guidance: tuple[float, ...] = (0.0, 0.3, 1.0, 2.0, 4.0)
+    teacher_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 64, 256)
+    dpm_steps: tuple[int, ...] = (4, 8, 16)
+    reference_steps: int = 256
+    repeats: int = 2  # independent seed sets per row, for the seed-to-seed spread
+    evaluator_steps: int = 600  # training steps of the feature/attribute network
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    network: dict = field(default_factory=dict)  # backbone fields; data-dependent ones are filled in
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    guidance_range: tuple[float, float] = (0.0, 4.0)
+    gamma_embed_dim: int = 32
+    weighting: str = "snr+1"  # x-MSE weighting: "snr+1" (= v-MSE) or "truncated-snr"
+    p_uncond: float = 0.1  # teacher: drop the whole condition (the null branch of CFG)
+    p_drop_each: float = 0.3  # teacher: drop class or caption alone, so either serves on its own
+    teacher: StageConfig = field(default_factory=StageConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    distill: StageConfig = field(default_factory=StageConfig)
+    distill_start_steps: int = 64  # N_0: the stage-1 student's DDIM steps, the first round's teacher
+    final_rounds_scale: float = 1.0  # rounds with N <= 4 train this many times longer (the paper uses more)
+    stochastic: StageConfig = field(default_factory=StageConfig)
+    stochastic_steps: tuple[int, ...] = (8, 4, 2)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        n0 = self.distill_start_steps
+        if n0 < 2 or n0 & (n0 - 1):
+            raise ConfigError(f"distill_start_steps must be a power of two >= 2, got {n0}")
+        for n in self.stochastic_steps:
+            if n < 2 or n not in self.student_steps:
+                raise ConfigError(f"stochastic_steps: {n} needs deterministic students for {n} and {n // 2} steps (have {self.student_steps})")
+        lo, hi = self.guidance_range
+        if not -1.0 <= lo <= hi:
+            raise ConfigError(f"guidance_range must satisfy -1 <= min <= max, got {self.guidance_range}")
+        if self.weighting not in ("snr+1", "truncated-snr"):
+            raise ConfigError(f"weighting must be 'snr+1' or 'truncated-snr', got {self.weighting!r}")
+
+    @property
+    def student_steps(self) -> tuple[int, ...]:
+        """Step counts of the stage-2 students, N_0/2 down to 1."""
+        out, n = [], self.distill_start_steps // 2
+        while n >= 1:
+            out.append(n)
+            n //= 2
+        return tuple(out)
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2) + "\n"
+
+    @staticmethod
+    def from_json(text: str) -> "Recipe":
+        return from_dict(Recipe, json.loads(text), "recipe")
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """Apply `a.b.c=value` overrides (values parsed as JSON when they parse, else strings)."""
+    data = to_dict(recipe)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node, parts = data, key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section of the recipe")
+            node = node[p]
+        if parts[-1] not in node and not (isinstance(node, dict) and key.startswith("network.")):
+            raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
+        node[parts[-1]] = parse_value(value)
+    return from_dict(Recipe, data, "recipe")
+
+
+def replace(recipe: Recipe, **changes) -> Recipe:
+    return dataclasses.replace(recipe, **changes)

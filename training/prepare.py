@@ -1,0 +1,66 @@
+"""From a data Batch to what the denoiser sees: x in z-space and a Cond (with condition dropout)."""
+
+from __future__ import annotations
+
+import torch
+
+from model.autoencoder import encode_inpaint_context
+from model.conditioning import Cond, full_mask_context
+from model.text_encoder import TEXT_DIM, TextEncoder
+
+from .data import Batch
+
+
+class Preparer:
+    def __init__(self, dataset, autoencoder, text_len: int, device, p_inpaint: float):
+        self.dataset = dataset
+        self.autoencoder = autoencoder
+        self.device = device
+        self.p_inpaint = p_inpaint if dataset.has_inpainting else 0.0
+        self.text_encoder = TextEncoder(max_length=text_len) if dataset.has_text else None
+
+    @property
+    def is_image(self) -> bool:
+        return self.dataset.resolution is not None
+
+    def cond(self, batch: Batch, g: torch.Generator | None, *, p_uncond: float = 0.0, p_drop_each: float = 0.0, drop_both: bool = True, labels_only: bool = False) -> Cond:
+        """Cond for a batch. Dropout: with p_uncond the whole condition; else class and caption each
+        with p_drop_each (never both when drop_both is False)."""
+        n = batch.x.shape[0]
+        labels = batch.labels.to(self.device) if (batch.labels is not None and self.dataset.num_classes) else None
+        text = text_mask = None
+        if self.text_encoder is not None and batch.captions is not None:
+            text, text_mask = self.text_encoder(batch.captions)
+            text, text_mask = text.to(self.device), text_mask.to(self.device)
+            if labels_only:
+                text_mask = torch.zeros_like(text_mask)
+        context = None
+        if self.is_image and self.dataset.has_inpainting:
+            use_mask = (torch.rand(n, generator=g) < self.p_inpaint) if g is not None and self.p_inpaint else torch.zeros(n, dtype=torch.bool)
+            masks = torch.where(use_mask[:, None, None], batch.masks, torch.ones_like(batch.masks)) if batch.masks is not None else torch.ones(n, self.dataset.resolution, self.dataset.resolution)
+            with torch.no_grad():
+                context = encode_inpaint_context(self.autoencoder, batch.x.to(self.device), masks.to(self.device))
+        cond = Cond(labels=labels, text=text, text_mask=text_mask, context=context)
+        if g is not None and (p_uncond or p_drop_each):
+            uncond = torch.rand(n, generator=g) < p_uncond
+            drop_l = uncond | (torch.rand(n, generator=g) < p_drop_each)
+            drop_t = uncond | (torch.rand(n, generator=g) < p_drop_each)
+            if not drop_both and labels is not None and text is not None:
+                drop_t = drop_t & ~drop_l  # distillation: keep at least one of the two
+            cond = cond.drop(drop_l, drop_t)
+        return cond
+
+    def x(self, batch: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            return self.autoencoder.encode(batch.x.to(self.device)) if self.is_image else batch.x.to(self.device)
+
+    def plain_context(self, n: int) -> torch.Tensor | None:
+        if not (self.is_image and self.dataset.has_inpainting):
+            return None
+        ae = self.autoencoder.cfg
+        side = self.dataset.resolution // ae.downsample
+        return full_mask_context(n, ae.latent_channels, side, side, device=self.device)
+
+    @property
+    def text_dim(self) -> int:
+        return TEXT_DIM if self.text_encoder is not None else 0

@@ -1,0 +1,93 @@
+"""Named recipes. Sizes come from measurements on the 2-core development machine (see README):
+a 1.2M-parameter U-Net at 16x16 trains at ~0.35 s per batch-64 step, a distillation step
+(student update + two teacher passes) costs ~0.5 s."""
+
+from __future__ import annotations
+
+from model.config_io import ConfigError
+
+from .config import DataConfig, EvalConfig, Recipe, StageConfig
+
+
+def toy2d() -> Recipe:
+    """2-D Gaussian mixture, MLP denoiser: the whole chain and evaluation in ~2 minutes on 2 cores."""
+    stage = StageConfig(steps=1000, batch_size=512, lr=1e-3, ema_decay=0.995, warmup=50, save_every_s=30)
+    return Recipe(
+        name="toy2d",
+        data=DataConfig(kind="toy2d", resolution=0),
+        network={"kind": "mlp", "hidden": 128, "depth": 3},
+        gamma_embed_dim=16,
+        p_uncond=0.15,
+        p_drop_each=0.0,
+        teacher=StageConfig(steps=3000, batch_size=512, lr=2e-3, ema_decay=0.998, warmup=100, save_every_s=30),
+        stage1=StageConfig(steps=1500, batch_size=512, lr=5e-4, ema_decay=0.995, warmup=50, save_every_s=30),
+        distill=stage,
+        distill_start_steps=64,
+        stochastic=stage,
+        stochastic_steps=(8, 4, 2),
+        evaluation=EvalConfig(samples=2000, batch_size=4000, guidance=(0.0, 1.0, 4.0), teacher_steps=(1, 2, 4, 8, 16, 64, 256), dpm_steps=(4, 8, 16), repeats=2, evaluator_steps=0),
+    )
+
+
+def quick() -> Recipe:
+    """Tiny images, tiny U-Net, a few dozen steps per stage: the whole chain (class, text and
+    inpainting conditioning; every student) in a few minutes. Tests and service development use it."""
+    stage = StageConfig(steps=30, batch_size=16, lr=5e-4, ema_decay=0.9, warmup=5, save_every_s=2)
+    return Recipe(
+        name="quick",
+        data=DataConfig(kind="shapes", resolution=8),
+        network={"kind": "unet", "block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8},
+        gamma_embed_dim=16,
+        teacher=StageConfig(steps=80, batch_size=32, lr=1e-3, ema_decay=0.9, warmup=5, save_every_s=2),
+        stage1=stage,
+        distill=stage,
+        distill_start_steps=16,
+        stochastic=stage,
+        stochastic_steps=(8, 4, 2),
+        evaluation=EvalConfig(samples=32, batch_size=64, guidance=(0.0, 1.0), teacher_steps=(1, 2, 4, 8, 256), dpm_steps=(4,), repeats=1, evaluator_steps=40),
+    )
+
+
+def shapes() -> Recipe:
+    """The built-in family: 16x16 shapes, class + text + inpainting, N_0 = 64 down to 1 step.
+    Sized for ~2.5 h on 2 cores (README, "Sizing"): teacher 5000 x 0.35 s, stage 1 1500 x 0.5 s,
+    six rounds x 1000 x 0.5 s (the last three 1.5x), stochastic 3 x 800 x 0.5 s, evaluation ~35 min."""
+    distill = StageConfig(steps=1000, batch_size=64, lr=1e-4, ema_decay=0.999, warmup=50, save_every_s=120)
+    return Recipe(
+        name="shapes",
+        data=DataConfig(kind="shapes", resolution=16),
+        network={"kind": "unet", "block_out_channels": [32, 64], "attention_levels": [False, True], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8},
+        teacher=StageConfig(steps=5000, batch_size=64, lr=3e-4, ema_decay=0.9995, warmup=200, save_every_s=120),
+        stage1=StageConfig(steps=1500, batch_size=64, lr=1e-4, ema_decay=0.999, warmup=50, save_every_s=120),
+        distill=distill,
+        distill_start_steps=64,
+        final_rounds_scale=1.5,
+        stochastic=StageConfig(steps=800, batch_size=64, lr=1e-4, ema_decay=0.999, warmup=50, save_every_s=120),
+        evaluation=EvalConfig(samples=256, batch_size=256, repeats=2, evaluator_steps=600),
+    )
+
+
+def shapes_gpu() -> Recipe:
+    """GPU-sized: 32x32 shapes, a wider U-Net, N_0 = 128; about 10 minutes on one H100."""
+    distill = StageConfig(steps=3000, batch_size=256, lr=1e-4, ema_decay=0.9995, warmup=100, save_every_s=120)
+    return Recipe(
+        name="shapes-gpu",
+        data=DataConfig(kind="shapes", resolution=32),
+        network={"kind": "unet", "block_out_channels": [64, 128, 128], "attention_levels": [False, True, True], "layers_per_block": 2, "attention_head_dim": 16, "norm_num_groups": 16},
+        teacher=StageConfig(steps=20000, batch_size=256, lr=3e-4, ema_decay=0.9999, warmup=500, save_every_s=120),
+        stage1=StageConfig(steps=4000, batch_size=256, lr=1e-4, ema_decay=0.9995, warmup=100, save_every_s=120),
+        distill=distill,
+        distill_start_steps=128,
+        final_rounds_scale=2.0,
+        stochastic=distill,
+        evaluation=EvalConfig(samples=1024, batch_size=1024, repeats=2, evaluator_steps=2000),
+    )
+
+
+RECIPES = {"toy2d": toy2d, "quick": quick, "shapes": shapes, "shapes-gpu": shapes_gpu}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]()

@@ -76,6 +76,7 @@ def cmd_run(args) -> int:
         chain = Chain(recipe, out, env)  # validates the data before anything is written
         if env.is_main:
             atomic_write_text(saved, recipe.to_json())
+            print(f"[fewstep] {recipe.name}: training on {env.world} process(es), device {env.device}", flush=True)
         env.barrier()
         chain.run()
         if env.is_main and not args.no_eval:

@@ -75,7 +75,6 @@ class Pipeline:
 
     def cond(self, requests: list[Request]) -> Cond:
         fam, dev, dtype = self.family, self.family.device, self.family.dtype
-        n = len(requests)
         labels = None
         if fam.info.class_names:
             labels = torch.tensor([NULL_LABEL if r.class_label is None else r.class_label for r in requests], device=dev)

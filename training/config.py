@@ -3,7 +3,6 @@ and beside every checkpoint; `--set key=value` overrides any field from the comm
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -120,6 +119,3 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         node[parts[-1]] = parse_value(value)
     return from_dict(Recipe, data, "recipe")
 
-
-def replace(recipe: Recipe, **changes) -> Recipe:
-    return dataclasses.replace(recipe, **changes)

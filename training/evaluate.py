@@ -9,7 +9,6 @@ repeated on `repeats` independent seed sets; the spread across them is reported.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

@@ -104,8 +104,7 @@ class Chain:
 
     def _batch(self, size: int, g: torch.Generator):
         seed_parts = (int(torch.randint(0, 2**31 - 1, (1,), generator=g)), self.env.rank)
-        batch = self.dataset.batch(size, seed_parts)
-        return batch
+        return self.dataset.batch(size, seed_parts)
 
     # -- stages -------------------------------------------------------------------
     def run(self) -> None:

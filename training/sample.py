@@ -40,8 +40,6 @@ def sample(directory: Path, out: Path, *, steps: int, guidance: float, stochasti
         else:
             raise ValueError(f"unknown class {class_name!r}; the family's classes: {', '.join(names) or 'none'}")
     requests = [Request(seed=seed + k, guidance=guidance, class_label=label, prompt=prompt) for k in range(n)]
-    for r in requests:
-        pipe.validate(r, steps=steps, stochastic=stochastic)
     images = pipe.generate(requests, steps=steps, stochastic=stochastic)
     save_grid(images, out, columns=min(n, 8))
     return out

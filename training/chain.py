@@ -90,7 +90,7 @@ class Chain:
         state_dir = self.out / ".state" / name
         ema = train(name, model, lambda m, step: loss(m, step_generator(self.recipe.seed, stage_id, step, self.env.rank)), cfg, state_dir, self.env)
         if self.env.is_main:
-            extra = {"parent": parent, "recipe": self.recipe.name, "training": to_dict(cfg)}
+            extra = {"parent": parent, "stage": to_dict(cfg), "recipe": to_dict(self.recipe)}  # the resolved config beside the weights
             save_checkpoint(ckpt_dir, ema, role=role, steps=steps, guidance_range=self.recipe.guidance_range if role != "teacher" else None, extra=extra)
             shutil.rmtree(state_dir, ignore_errors=True)
         self.env.barrier()

@@ -25,6 +25,7 @@ def test_quick_chain_writes_every_checkpoint_and_metrics(quick_run):
     for name in family["checkpoints"]:
         cfg = json.loads((quick_run / name / "config.json").read_text())
         assert cfg["format"] == "fewstep.checkpoint" and cfg["network"]["kind"] == "unet"
+        assert cfg["recipe"]["name"] == "quick" and cfg["recipe"]["teacher"]["steps"] == 80  # the resolved recipe beside the weights
         assert (quick_run / name / "model.safetensors").stat().st_size > 0
     assert not (quick_run / ".state").exists() or not any((quick_run / ".state").iterdir())
     recipe = json.loads((quick_run / "recipe.json").read_text())

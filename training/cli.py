@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--class", dest="class_name", help="class name or id")
     sm.add_argument("-n", type=int, default=8)
     sm.add_argument("--seed", type=int, default=0)
+    ex = sub.add_parser("export", help="write a servable copy of a family (fp16, students of <= 8 steps)")
+    ex.add_argument("dir", type=Path)
+    ex.add_argument("--to", required=True, type=Path, dest="dest")
+    ex.add_argument("--dtype", default="float16")
+    ex.add_argument("--max-steps", type=int, default=8)
+    rp = sub.add_parser("report", help="write a readable report (tables, plots, sample grid) of an evaluated family")
+    rp.add_argument("dir", type=Path)
+    rp.add_argument("--out", required=True, type=Path, help="directory for report.md and its figures")
     sub.add_parser("recipes", help="list the recipes")
     return parser
 
@@ -111,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
 
             path = sample(args.dir, args.out, steps=args.steps, guidance=args.guidance, stochastic=args.stochastic, prompt=args.prompt, class_name=args.class_name, n=args.n, seed=args.seed)
             print(f"wrote {path}")
+            return 0
+        if args.command == "export":
+            from .export import export_family
+
+            print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps)}")
+            return 0
+        if args.command == "report":
+            from .report import write_report
+
+            print(f"wrote {write_report(args.dir, args.out)}")
             return 0
         return cmd_evaluate(args)
     except (ConfigError, DataError, CheckpointError, ValueError, KeyError) as exc:

@@ -1,0 +1,42 @@
+"""Shipping a family (fp16, servable subset) and the human-readable report."""
+
+import json
+
+import torch
+
+from model.family import Family
+from model.pipeline import Pipeline, Request
+
+from .conftest import cli
+
+
+def test_export_fp16_subset_then_report(quick_run, tmp_path):
+    dest = tmp_path / "shipped"
+    cli("export", quick_run, "--to", dest)
+    family = json.loads((dest / "family.json").read_text())
+    assert set(family["checkpoints"]) == {"teacher", "stage1", "distilled-8", "distilled-4", "distilled-2", "distilled-1", "stochastic-8", "stochastic-4", "stochastic-2"}
+    cfg = json.loads((dest / "distilled-4" / "config.json").read_text())
+    assert cfg["dtype"] == "float16"
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for v in load_file(dest / "distilled-4" / "model.safetensors").values())
+    assert not (dest / ".state").exists()
+    # the fp16 copy serves and stays close to the fp32 original
+    req = [Request(seed=5, guidance=1.0, class_label=2)]
+    a = Pipeline(Family(dest)).generate(req, steps=4)
+    b = Pipeline(Family(quick_run)).generate(req, steps=4)
+    assert (a - b).abs().max() < 0.05
+
+    docs = tmp_path / "docs"
+    cli("report", dest, "--out", docs)
+    text = (docs / "quick.md").read_text()
+    assert "| DDIM+CFG (teacher) | 256 | 512 |" in text and "| distilled | 1 | 1 |" in text
+    assert "distilled 4-step FID <= 1.2 x reference FID" in text and "held out" in text
+    for png in ("quick-fid-vs-evals.png", "quick-fid-vs-adherence.png", "quick-samples-gamma1.png"):
+        assert (docs / png).stat().st_size > 5000
+
+
+def test_export_refuses_a_directory_without_a_family(tmp_path):
+    proc = cli("export", tmp_path, "--to", tmp_path / "x", check=False)
+    assert proc.returncode == 2 and "family.json" in proc.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,41 @@
+"""`python -m training export DIR --to DEST`: a servable copy of a family, in fp16 by default.
+
+Keeps the teacher, the stage-1 student, the deterministic students of at most `max_steps`
+steps and every stochastic student (the intermediate rounds are only teachers of teachers),
+plus recipe.json, the evaluator and metrics.json when present. No training state is copied.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import atomic_dir, load_tensors, save_tensors
+from model.family import read_family, write_family
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8) -> Path:
+    src, dest = Path(src), Path(dest)
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
+    info = read_family(src)
+    keep = {
+        name: c for name, c in info.checkpoints.items()
+        if c["role"] in ("teacher", "stage1", "stochastic") or (c["role"] == "distilled" and c["steps"] <= max_steps)
+    }
+    with atomic_dir(dest) as tmp:
+        for name in keep:
+            tensors, config = load_tensors(src / name, f"checkpoint {src / name}")
+            save_tensors(tmp / name, tensors, dict(config, dtype=dtype), DTYPES[dtype])
+        for extra in ("recipe.json", "metrics.json"):
+            if (src / extra).is_file():
+                shutil.copy2(src / extra, tmp / extra)
+        if (src / "evaluator").is_dir():
+            shutil.copytree(src / "evaluator", tmp / "evaluator")
+        write_family(tmp, replace(info, checkpoints=keep))
+    return dest

@@ -2,7 +2,10 @@
 
 Requests in one batch may differ in class, prompt, gamma, seed and task (generation,
 img2img, inpainting); they must share the student (step count, stochastic or not). Each
-request's noise comes from its own seed, so its pixels do not depend on its batch mates.
+request's noise comes from its own seed. With `fixed_batch` set, every network call sees
+exactly that many rows (the batch is cut into chunks and the last chunk padded), so a
+request's pixels are bit-identical whatever shares its batch: CPU and GPU kernels pick
+their arithmetic by shape, and a different batch size changes the last bits.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 
 from .autoencoder import encode_inpaint_context
 from .conditioning import NULL_LABEL, Cond
-from .family import Family
+from .family import Family, FamilyInfo
 from .guidance import gamma_conditioned
 from .noise import SeededNoise
 from .samplers import img2img_start, sample_ddim, sample_stochastic
@@ -30,48 +33,54 @@ class Request:
     strength: float = 1.0  # img2img: start at t = strength
 
 
+def validate_request(info: FamilyInfo, request: Request, *, steps: int, stochastic: bool) -> None:
+    """Raise ValueError with a message a user can act on."""
+    lo, hi = info.guidance_range
+    if not lo <= request.guidance <= hi:
+        raise ValueError(f"guidance {request.guidance} is outside the trained range [{lo}, {hi}] of family {info.family!r}")
+    available = info.stochastic_steps if stochastic else info.distilled_steps
+    if steps not in available:
+        kind = "stochastic " if stochastic else ""
+        raise ValueError(f"no {kind}student for {steps} steps in family {info.family!r}; available: {available}")
+    if request.class_label is not None and not 0 <= request.class_label < len(info.class_names):
+        raise ValueError(f"class_label {request.class_label} is out of range (0..{len(info.class_names) - 1})")
+    if request.prompt and not info.text_encoder:
+        raise ValueError(f"family {info.family!r} takes no text prompts")
+    if request.class_label is None and not request.prompt and request.image is None:
+        raise ValueError("give a class label or a prompt")
+    side = info.resolution
+    if request.image is not None and tuple(request.image.shape) != (3, side, side):
+        raise ValueError(f"image must be 3x{side}x{side}, got {tuple(request.image.shape)}")
+    if request.mask is not None:
+        if request.image is None:
+            raise ValueError("a mask needs an image")
+        if tuple(request.mask.shape) != (side, side):
+            raise ValueError(f"mask must be {side}x{side}, got {tuple(request.mask.shape)}")
+        if not info.inpainting:
+            raise ValueError(f"family {info.family!r} does not inpaint")
+    if not 0 < request.strength <= 1:
+        raise ValueError(f"strength must lie in (0, 1], got {request.strength}")
+
+
 class Pipeline:
-    def __init__(self, family: Family):
+    def __init__(self, family: Family, fixed_batch: int | None = None):
+        if fixed_batch is not None and fixed_batch < 1:
+            raise ValueError(f"fixed_batch must be a positive number of rows, got {fixed_batch}")
         self.family = family
+        self.fixed_batch = fixed_batch
         info = family.info
         self.text_encoder = None
         if info.text_encoder:
             from .text_encoder import TextEncoder
 
-            self.text_encoder = TextEncoder(max_length=info.text_len)
+            self.text_encoder = TextEncoder(max_length=info.text_len, fixed_batch=fixed_batch)
         if not info.distilled_steps:
             raise ValueError(f"family {info.family!r} has no distilled students yet")
         net = family.student(info.distilled_steps[0]).network_config
         self.z_channels, self.z_side = net["channels"], net.get("resolution")
 
     def validate(self, request: Request, *, steps: int, stochastic: bool) -> None:
-        """Raise ValueError with a message a user can act on."""
-        info = self.family.info
-        lo, hi = info.guidance_range
-        if not lo <= request.guidance <= hi:
-            raise ValueError(f"guidance {request.guidance} is outside the trained range [{lo}, {hi}] of family {info.family!r}")
-        available = info.stochastic_steps if stochastic else info.distilled_steps
-        if steps not in available:
-            kind = "stochastic " if stochastic else ""
-            raise ValueError(f"no {kind}student for {steps} steps in family {info.family!r}; available: {available}")
-        if request.class_label is not None and not 0 <= request.class_label < len(info.class_names):
-            raise ValueError(f"class_label {request.class_label} is out of range (0..{len(info.class_names) - 1})")
-        if request.prompt and not info.text_encoder:
-            raise ValueError(f"family {info.family!r} takes no text prompts")
-        if request.class_label is None and not request.prompt and request.image is None:
-            raise ValueError("give a class label or a prompt")
-        side = info.resolution
-        if request.image is not None and tuple(request.image.shape) != (3, side, side):
-            raise ValueError(f"image must be 3x{side}x{side}, got {tuple(request.image.shape)}")
-        if request.mask is not None:
-            if request.image is None:
-                raise ValueError("a mask needs an image")
-            if tuple(request.mask.shape) != (side, side):
-                raise ValueError(f"mask must be {side}x{side}, got {tuple(request.mask.shape)}")
-            if not info.inpainting:
-                raise ValueError(f"family {info.family!r} does not inpaint")
-        if not 0 < request.strength <= 1:
-            raise ValueError(f"strength must lie in (0, 1], got {request.strength}")
+        validate_request(self.family.info, request, steps=steps, stochastic=stochastic)
 
     def cond(self, requests: list[Request]) -> Cond:
         fam, dev, dtype = self.family, self.family.device, self.family.dtype
@@ -95,6 +104,16 @@ class Pipeline:
         """Images (B, 3, H, W) in [-1, 1] for requests that share (steps, stochastic)."""
         for r in requests:
             self.validate(r, steps=steps, stochastic=stochastic)
+        if not requests:
+            raise ValueError("no requests to generate")
+        if self.fixed_batch is None:
+            return self._generate(requests, steps, stochastic)
+        size = self.fixed_batch
+        padded = requests + [requests[-1]] * (-len(requests) % size)  # a copy of a valid request fills the last chunk
+        chunks = [self._generate(padded[i : i + size], steps, stochastic) for i in range(0, len(padded), size)]
+        return torch.cat(chunks)[: len(requests)]
+
+    def _generate(self, requests: list[Request], steps: int, stochastic: bool) -> torch.Tensor:
         fam = self.family
         student = fam.student(steps, stochastic)
         shape = (self.z_channels, self.z_side, self.z_side)

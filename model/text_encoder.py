@@ -3,6 +3,8 @@
 Returns per-token hidden states for cross-attention, padded to a fixed length, with an
 attention mask. The empty prompt maps to the null condition (an all-False mask). Encodings
 are cached per prompt, so repeated prompts (training captions, popular requests) are free.
+With `fixed_batch` set, misses are encoded in chunks of exactly that many rows (padded with
+the empty prompt), so a prompt's encoding never depends on what it was encoded beside.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ TEXT_DIM = 384
 
 
 class TextEncoder:
-    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None):
+    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None, fixed_batch: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
@@ -34,6 +36,7 @@ class TextEncoder:
         self.max_length = max_length
         self.device = device or "cpu"
         self.cache_size = cache_size
+        self.fixed_batch = fixed_batch
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -49,9 +52,11 @@ class TextEncoder:
         prompts = [p.strip() for p in prompts]
         with self._lock:
             missing = sorted({p for p in prompts if p and p not in self._cache})
-            for start in range(0, len(missing), 256):
-                chunk = missing[start : start + 256]
-                states, mask = self._encode(chunk)
+            size = self.fixed_batch or 256
+            for start in range(0, len(missing), size):
+                chunk = missing[start : start + size]
+                pad = [""] * (size - len(chunk)) if self.fixed_batch else []
+                states, mask = self._encode(chunk + pad)
                 for p, s, m in zip(chunk, states, mask):
                     self._cache[p] = (s, m)
             states, masks = [], []

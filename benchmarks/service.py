@@ -1,0 +1,121 @@
+"""Service benchmark: HTTP+queue overhead against the model's own time, and batching throughput.
+
+    python -m benchmarks.service [--requests 30] [--duration 20] [--out docs/benchmarks/service.md]
+
+Starts a real redis-server and `python -m service` (API + one worker, the built-in family),
+then measures, all in one run:
+  1. for steps 1, 2, 4, 8: end-to-end latency of one request at a time, against the model
+     time the worker measured for the same request (`model_seconds` in the response);
+  2. images/s at concurrency 1, 4 and 16 (closed loop, 4 steps, mixed prompts and classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.service.servers import RedisServer, Service
+
+PROMPTS = ["a red circle", "a green square", "a blue cross", "a yellow triangle", "a red square on a black background"]
+
+
+def body(k: int, steps: int) -> dict:
+    if k % 2:
+        return {"class_label": k % 14, "steps": steps, "seed": k, "guidance": 1.0}
+    return {"prompt": PROMPTS[k % len(PROMPTS)], "steps": steps, "seed": k, "guidance": 1.0}
+
+
+def path(k: int) -> str:
+    return "/v1/generate" if k % 2 else "/v1/txt2img"
+
+
+async def overhead(client: httpx.AsyncClient, steps: int, n: int) -> dict:
+    e2e, model = [], []
+    for k in range(n + 3):
+        start = time.perf_counter()
+        r = await client.post(path(k), json=body(k, steps))
+        elapsed = time.perf_counter() - start
+        r.raise_for_status()
+        if k >= 3:  # the first few warm the caches (prompts, allocator)
+            e2e.append(elapsed)
+            model.append(r.json()["model_seconds"])
+    e2e_ms, model_ms = statistics.median(e2e) * 1000, statistics.median(model) * 1000
+    return {"steps": steps, "e2e_ms": e2e_ms, "model_ms": model_ms, "overhead": e2e_ms / model_ms - 1}
+
+
+async def throughput(client: httpx.AsyncClient, concurrency: int, duration: float, steps: int = 4) -> dict:
+    done, latencies = 0, []
+    stop = time.perf_counter() + duration
+    counter = iter(range(10**9))
+
+    async def loop():
+        nonlocal done
+        while time.perf_counter() < stop:
+            k = next(counter)
+            start = time.perf_counter()
+            r = await client.post(path(k), json=body(k, steps))
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"concurrency": concurrency, "images_per_s": done / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000, "requests": done}
+
+
+async def run(url: str, n: int, duration: float) -> tuple[list, list]:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=64)) as client:
+        over = [await overhead(client, steps, n) for steps in (1, 2, 4, 8)]
+        thru = [await throughput(client, c, duration) for c in (1, 4, 16)]
+    return over, thru
+
+
+def report(over: list, thru: list) -> str:
+    lines = ["| steps | end-to-end (ms) | model (ms) | overhead |", "|---|---|---|---|"]
+    lines += [f"| {o['steps']} | {o['e2e_ms']:.1f} | {o['model_ms']:.1f} | {100 * o['overhead']:.1f}% |" for o in over]
+    lines += ["", "| concurrency | images/s | p50 latency (ms) | requests | vs concurrency 1 |", "|---|---|---|---|---|"]
+    base = thru[0]["images_per_s"]
+    lines += [f"| {t['concurrency']} | {t['images_per_s']:.1f} | {t['p50_ms']:.0f} | {t['requests']} | {t['images_per_s'] / base:.2f}x |" for t in thru]
+    four = next(o for o in over if o["steps"] == 4)
+    ratio = thru[-1]["images_per_s"] / base
+    lines += [
+        "",
+        f"Target: overhead <= 15% at 4 steps: {'met' if four['overhead'] <= 0.15 else 'MISSED'} ({100 * four['overhead']:.1f}%).",
+        f"Target: >= 2x images/s from concurrency 1 to 16: {'met' if ratio >= 2 else 'MISSED'} ({ratio:.2f}x).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.service", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=30, help="sequential requests per step count")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    args = parser.parse_args()
+    redis_server = RedisServer()
+    logs = Path(tempfile.mkdtemp(prefix="fewstep-bench-"))
+    svc = Service(redis_server.url, log_dir=logs, queue_prefix="bench", threads=None)
+    try:
+        over, thru = asyncio.run(run(svc.url, args.requests, args.duration))
+    finally:
+        svc.stop()
+        redis_server.stop()
+    text = report(over, thru)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"# Service benchmark\n\n`python -m benchmarks.service` on {time.strftime('%Y-%m-%d')}: {sys.platform}, the built-in `shapes` family on the CPU.\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The FastAPI application: state, lifespan (Redis, models, in-process workers), middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import metrics
+from .jobs import BadRequest
+from .queue import RedisQueue
+from .registry import Registry, UnknownModel
+from .settings import Settings
+
+log = logging.getLogger("fewstep.api")
+
+
+@dataclass
+class State:
+    settings: Settings
+    registry: Registry
+    queue: RedisQueue
+    ready: bool = False
+    startup_error: str | None = None
+    tasks: list = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BodyLimit:
+    """Refuse request bodies over max_bytes with 413, before anything parses them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        messages, total = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        replay = iter(messages)
+
+        async def replayed():
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
+
+    async def _refuse(self, scope, receive, send):
+        metrics.ERRORS.labels(status="413").inc()
+        response = JSONResponse({"detail": f"request body is larger than {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, redis_url: str | None = None, workers: int | None = None) -> FastAPI:
+    settings = settings or Settings()
+    redis_url = redis_url or settings.redis_url
+    if not redis_url:
+        raise ValueError("no Redis: set REDIS_URL, or run `python -m service`, which starts an embedded one")
+    workers = settings.workers if workers is None else workers
+    registry = Registry(settings.models_dir, settings.default_model)
+    client = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=5)
+    waiter = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=5)
+    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            await state.queue.ensure_group()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("Redis at startup: %s (requests get 503 until it is reachable)", exc)
+        if workers:
+            state.tasks.append(asyncio.create_task(_start_workers(state, workers)))
+        else:
+            state.ready = True
+        try:
+            yield
+        finally:
+            state.stop.set()
+            for task in state.tasks:
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+            await client.aclose()
+            await waiter.aclose()
+
+    app = FastAPI(
+        title="fewstep",
+        version="0.1.0",
+        summary="Guided-distilled diffusion students (1-8 steps) over HTTP.",
+        lifespan=lifespan,
+    )
+    app.state.fewstep = state
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        if endpoint.startswith("/v1/"):
+            steps = str(getattr(request.state, "steps", "none"))
+            metrics.REQUEST_LATENCY.labels(endpoint=endpoint, steps=steps).observe(time.perf_counter() - start)
+        metrics.REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        if response.status_code >= 400:
+            metrics.ERRORS.labels(status=str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(request: Request, exc: UnknownModel):
+        return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
+
+    async def redis_down(request: Request, exc: Exception):
+        log.warning("Redis unreachable: %s", exc)
+        return JSONResponse({"detail": "the request queue (Redis) is unreachable; retry shortly"}, status_code=503, headers={"Retry-After": "2"})
+
+    for kind in (RedisConnectionError, RedisTimeoutError):
+        app.add_exception_handler(kind, redis_down)
+
+    from .openai_routes import router as openai_router
+    from .routes import router
+
+    app.include_router(router)
+    app.include_router(openai_router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _start_workers(state: State, count: int) -> None:
+    from .worker import Worker, build_runner
+
+    try:
+        runner = await asyncio.to_thread(build_runner, state.settings, state.registry.paths)
+    except Exception as exc:
+        state.startup_error = f"loading models failed: {exc}"
+        log.exception("loading models failed")
+        return
+    state.ready = True
+    log.info("models loaded and warmed up; ready")
+    workers = [Worker(state.settings, state.queue, runner) for _ in range(count)]
+    await asyncio.gather(*(w.run(state.stop) for w in workers))

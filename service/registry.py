@@ -1,0 +1,70 @@
+"""The model families a service knows: the built-in ones plus those under FEWSTEP_MODELS_DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model.builtin import builtin_families
+from model.family import FamilyInfo, read_family
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+def discover(models_dir: Path | None) -> dict[str, Path]:
+    """Family name -> directory. models_dir may be one family or a folder of families."""
+    found = dict(builtin_families())
+    if models_dir is not None:
+        models_dir = Path(models_dir)
+        if not models_dir.is_dir():
+            raise FileNotFoundError(f"FEWSTEP_MODELS_DIR {models_dir} is not a directory")
+        dirs = [models_dir] if (models_dir / "family.json").is_file() else sorted(p for p in models_dir.iterdir() if (p / "family.json").is_file())
+        for d in dirs:
+            found[read_family(d).family] = d
+    return found
+
+
+class Registry:
+    def __init__(self, models_dir: Path | None, default: str):
+        self.paths = discover(models_dir)
+        self.infos: dict[str, FamilyInfo] = {name: read_family(path) for name, path in self.paths.items()}
+        if default not in self.infos:
+            raise UnknownModel(f"default model {default!r} not found; have {sorted(self.infos)}")
+        self.default = default
+
+    def info(self, name: str | None) -> FamilyInfo:
+        name = name or self.default
+        if name not in self.infos:
+            raise UnknownModel(f"model {name!r} not found; available: {sorted(self.infos)}")
+        return self.infos[name]
+
+    def describe(self) -> list[dict]:
+        """What GET /v1/models lists (also in the shape the OpenAI client reads)."""
+        out = []
+        for name, info in self.infos.items():
+            kinds = []
+            if info.class_names:
+                kinds.append("class")
+            if info.text_encoder:
+                kinds.append("text")
+            if info.resolution:
+                kinds.append("img2img")
+            if info.inpainting:
+                kinds.append("inpaint")
+            out.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "fewstep",
+                    "default": name == self.default,
+                    "conditioning": kinds,
+                    "class_names": info.class_names,
+                    "steps": info.distilled_steps,
+                    "stochastic_steps": info.stochastic_steps,
+                    "guidance_range": list(info.guidance_range),
+                    "resolution": info.resolution,
+                }
+            )
+        return out

@@ -1,0 +1,87 @@
+"""Runs batches of jobs on the loaded models (the part of a worker that touches torch)."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+import torch
+
+from model.family import Family
+from model.pipeline import Pipeline
+
+from . import metrics
+from .images import encode
+from .jobs import job_requests
+
+log = logging.getLogger("fewstep.runner")
+
+
+def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    try:
+        torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    except KeyError:
+        raise ValueError(f"FEWSTEP_DTYPE must be auto, float16, bfloat16 or float32, got {dtype!r}") from None
+    return device, torch_dtype
+
+
+class Runner:
+    def __init__(self, paths: dict, *, device: str = "auto", dtype: str = "auto", fixed_batch: int | None = None):
+        self.device, self.dtype = pick_device(device, dtype)
+        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch) for name, path in paths.items()}
+        log.info("loaded %s on %s (%s)", sorted(self.pipelines), self.device, self.dtype)
+
+    def warm_up(self) -> None:
+        """Load every student and run it once, so the first request pays no loading cost."""
+        from model.pipeline import Request
+
+        for pipe in self.pipelines.values():
+            info = pipe.family.info
+            req = Request(seed=0, guidance=info.guidance_range[0], class_label=0 if info.class_names else None, prompt=None if info.class_names else "warm up")
+            for steps in info.distilled_steps:
+                pipe.generate([req], steps=steps)
+            for steps in info.stochastic_steps:
+                pipe.generate([req], steps=steps, stochastic=True)
+
+    def run(self, jobs: list[dict]) -> list[dict]:
+        """One forward pass for jobs that share (model, steps, stochastic); one result per job."""
+        first = jobs[0]
+        pipe = self.pipelines[first["model"]]
+        requests, owners = [], []
+        for k, job in enumerate(jobs):
+            rs = job_requests(job)
+            requests += rs
+            owners += [k] * len(rs)
+        start = time.perf_counter()
+        images = pipe.generate(requests, steps=first["steps"], stochastic=first["stochastic"])
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        model_s = time.perf_counter() - start
+        metrics.BATCH_SIZE.observe(len(jobs))
+        metrics.BATCH_IMAGES.observe(len(requests))
+        metrics.MODEL_TIME.labels(steps=str(first["steps"])).observe(model_s)
+        metrics.IMAGES.labels(model=first["model"]).inc(len(requests))
+        results = []
+        for k, job in enumerate(jobs):
+            mine = [images[i] for i, o in enumerate(owners) if o == k]
+            results.append(
+                {
+                    "status": "succeeded",
+                    "model": job["model"],
+                    "steps": job["steps"],
+                    "stochastic": job["stochastic"],
+                    "format": job["format"],
+                    "seeds": [it["seed"] for it in job["items"]],
+                    "guidance": job["items"][0]["guidance"],
+                    "images": [base64.b64encode(encode(img, job["format"])).decode() for img in mine],
+                    "batch_requests": len(jobs),
+                    "batch_images": len(requests),
+                    "model_seconds": model_s,
+                }
+            )
+        return results

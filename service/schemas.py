@@ -1,0 +1,92 @@
+"""Request bodies of the JSON endpoints; every field is checked before a request is queued."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Format = Literal["png", "jpeg", "webp"]
+Endpoint = Literal["generate", "txt2img", "img2img", "inpaint"]
+
+
+class Sampling(BaseModel):
+    """Fields every generation endpoint takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="model family; default: the built-in one")
+    guidance: float | None = Field(default=None, description="guidance weight gamma, within the family's trained range")
+    steps: int | None = Field(default=None, ge=1, le=8, description="sampling steps; a count the family has a student for")
+    stochastic: bool = Field(default=False, description="use the N-step stochastic sampler")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 9, description="same seed and request -> same pixels; image k uses seed + k")
+    n: int = Field(default=1, ge=1, le=8, description="number of images")
+    format: Format = "png"
+
+
+class Conditioned(Sampling):
+    """Exactly one of a class label (id or name) and a prompt."""
+
+    class_label: int | str | None = Field(default=None, description="class id or name")
+    prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _one_condition(self):
+        has_prompt = self.prompt is not None and self.prompt.strip() != ""
+        if has_prompt and self.class_label is not None:
+            raise ValueError("give either prompt or class_label, not both")
+        if not has_prompt and self.class_label is None:
+            raise ValueError("give a prompt or a class_label")
+        return self
+
+
+class GenerateBody(Conditioned):
+    pass
+
+
+class Txt2ImgBody(Sampling):
+    prompt: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _not_blank(self):
+        if not self.prompt.strip():
+            raise ValueError("prompt is blank")
+        return self
+
+
+class Img2ImgBody(Conditioned):
+    image: str = Field(description="base64 image (or a data: URL)")
+    strength: float = Field(default=0.6, gt=0, le=1, description="1 ignores the image; small values change it little")
+
+
+class InpaintBody(Conditioned):
+    image: str = Field(description="base64 image")
+    mask: str = Field(description="base64 image of the same size; white = repaint")
+
+
+BODIES: dict[str, type[Sampling]] = {"generate": GenerateBody, "txt2img": Txt2ImgBody, "img2img": Img2ImgBody, "inpaint": InpaintBody}
+
+
+class JobBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: Endpoint
+    request: dict = Field(description="the body the endpoint takes")
+
+
+class OpenAIGenerationBody(BaseModel):
+    """POST /v1/images/generations, as the OpenAI Images API; unknown OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int = Field(default=1, ge=1, le=8)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: Format | None = None
+    # fewstep's own (pass them with extra_body)
+    guidance: float | None = None
+    steps: int | None = Field(default=None, ge=1, le=8)
+    stochastic: bool = False
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 9)

@@ -1,0 +1,45 @@
+"""Service settings, read from the environment (prefix FEWSTEP_; REDIS_URL without one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEWSTEP_", extra="ignore")
+
+    # where the queue lives; unset: `python -m service` starts an embedded Redis server
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "FEWSTEP_REDIS_URL"))
+    queue_prefix: str = "fewstep"
+
+    # models: the built-in families, plus every family found in models_dir
+    models_dir: Path | None = None
+    default_model: str = "shapes"
+    default_steps: int = Field(default=4, ge=1, le=8)
+    default_guidance: float = 1.0
+    device: str = "auto"  # auto: cuda when there is one, else cpu
+    dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    # batching
+    max_batch_size: int = Field(default=16, ge=1, le=256)  # requests per forward pass
+    max_wait_ms: float = Field(default=2.0, ge=0)  # how long a worker waits to fill a batch
+    fixed_batch: int | None = Field(default=4, ge=1)  # rows per network call: bit-identical seeds in any batch
+    queue_capacity: int = Field(default=256, ge=1)  # queued + running requests; beyond: 429
+    request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of a synchronous request: 504
+    job_ttl_s: int = Field(default=3600, ge=1)  # how long job results are kept
+    claim_idle_ms: int = Field(default=15000, ge=100)  # a request unacknowledged this long is taken over
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    workers: int = Field(default=1, ge=0)  # workers inside `python -m service` (0: API only)
+
+    # limits and auth
+    api_key: SecretStr | None = None
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
+    max_image_bytes: int = Field(default=4 * 2**20, ge=1024)
+    max_image_side: int = Field(default=2048, ge=16)
+    max_prompt_chars: int = Field(default=500, ge=1)
+
+    log_level: str = "info"

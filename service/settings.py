@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,3 +43,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=500, ge=1)
 
     log_level: str = "info"
+
+    @field_validator("api_key", "redis_url", "models_dir", "fixed_batch", "torch_threads", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        """An empty variable (as compose passes `${VAR:-}`) means unset, never an empty key."""
+        return None if isinstance(value, str) and value.strip() == "" else value

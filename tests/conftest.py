@@ -1,6 +1,6 @@
 import pytest
 
-from .servers import RedisServer, Service
+from tests.service.servers import RedisServer, Service
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,90 @@
+"""The Redis queue's contracts, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.queue import QueueFull, RedisQueue
+
+
+def run(redis_server, body):
+    async def main():
+        client = aioredis.from_url(redis_server.url)
+        queue = RedisQueue(client, prefix=f"t-{uuid.uuid4().hex[:8]}", job_ttl_s=60)
+        await queue.ensure_group()
+        await queue.ensure_group()  # idempotent
+        try:
+            return await body(queue)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def job(k=0):
+    return {"id": uuid.uuid4().hex, "k": k}
+
+
+def test_submit_read_finish_wait(redis_server):
+    async def body(q):
+        j = job()
+        sid = await q.submit(j, capacity=10)
+        assert await q.depth() == 1 and await q.position(sid) == 0
+        (entry,) = await q.read("w1", 10, block_ms=100)
+        assert entry.job == j
+        assert await q.start([j["id"]], "w1") == [True]
+        await q.finish([(entry, j["id"], {"status": "succeeded", "images": ["x"]})])
+        assert await q.wait(j["id"], 1) == {"status": "succeeded", "images": ["x"]}
+        assert (await q.status(j["id"]))["status"] == "succeeded"
+        assert await q.depth() == 0  # acknowledged and deleted
+
+    run(redis_server, body)
+
+
+def test_capacity_counts_waiting_and_running(redis_server):
+    async def body(q):
+        for k in range(3):
+            await q.submit(job(k), capacity=3)
+        await q.read("w1", 2, block_ms=100)  # two running, one waiting: still 3
+        with pytest.raises(QueueFull):
+            await q.submit(job(), capacity=3)
+
+    run(redis_server, body)
+
+
+def test_duplicate_finish_is_harmless_and_cancel_sticks(redis_server):
+    async def body(q):
+        a, b = job(1), job(2)
+        await q.submit(a, 10)
+        await q.submit(b, 10)
+        ea, eb = await q.read("w1", 10, block_ms=100)
+        # a dies with both unacknowledged; w2 takes them over
+        taken = await q.claim("w2", min_idle_ms=0, count=10)
+        assert {e.job["id"] for e in taken} == {a["id"], b["id"]}
+        result = {"status": "succeeded", "images": ["same"]}
+        await q.finish([(ea, a["id"], result)])
+        await q.finish([(ea, a["id"], result)])  # the slow first worker finishes too
+        assert await q.result(a["id"]) == result and (await q.status(a["id"]))["status"] == "succeeded"
+        assert await q.cancel(a["id"]) == "succeeded"  # too late to cancel
+        assert await q.cancel(b["id"]) == "cancelled"
+        assert await q.start([b["id"]], "w2") == [False]  # a worker skips it
+        await q.finish([(eb, b["id"], result)])  # a late result does not resurrect it
+        assert (await q.status(b["id"]))["status"] == "cancelled" and await q.result(b["id"]) is None
+        assert await q.wait(b["id"], 1) == {"status": "failed", "code": 409, "error": "the request was cancelled"}
+        assert await q.cancel("unknown") is None
+        assert await q.depth() == 0
+
+    run(redis_server, body)
+
+
+def test_wait_times_out(redis_server):
+    async def body(q):
+        j = job()
+        await q.submit(j, 10)
+        assert await q.wait(j["id"], 0.2) is None
+
+    run(redis_server, body)

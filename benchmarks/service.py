@@ -79,7 +79,31 @@ async def run(url: str, n: int, duration: float) -> tuple[list, list]:
     return over, thru
 
 
-def report(over: list, thru: list) -> str:
+def padding_cost(steps: int = 4, repeats: int = 20) -> tuple[float, float]:
+    """Model time of one request with the network called on 1 row, and on FEWSTEP_FIXED_BATCH=4 rows (ms)."""
+    import os
+
+    import torch
+
+    from model.builtin import BUILTIN_DIR, DEFAULT_FAMILY
+    from model.family import Family
+    from model.pipeline import Pipeline, Request
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))  # as the service's in-process worker
+    family = Family(BUILTIN_DIR / DEFAULT_FAMILY)
+    out = []
+    for fixed in (None, 4):
+        pipe = Pipeline(family, fixed_batch=fixed)
+        req = [Request(seed=0, guidance=1.0, prompt="a red circle")]
+        pipe.generate(req, steps=steps)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            pipe.generate(req, steps=steps)
+        out.append((time.perf_counter() - start) / repeats * 1000)
+    return out[0], out[1]
+
+
+def report(over: list, thru: list, padding: tuple[float, float]) -> str:
     lines = ["| steps | end-to-end (ms) | model (ms) | overhead |", "|---|---|---|---|"]
     lines += [f"| {o['steps']} | {o['e2e_ms']:.1f} | {o['model_ms']:.1f} | {100 * o['overhead']:.1f}% |" for o in over]
     lines += ["", "| concurrency | images/s | p50 latency (ms) | requests | vs concurrency 1 |", "|---|---|---|---|---|"]
@@ -91,6 +115,12 @@ def report(over: list, thru: list) -> str:
         "",
         f"Target: overhead <= 15% at 4 steps: {'met' if four['overhead'] <= 0.15 else 'MISSED'} ({100 * four['overhead']:.1f}%).",
         f"Target: >= 2x images/s from concurrency 1 to 16: {'met' if ratio >= 2 else 'MISSED'} ({ratio:.2f}x).",
+        "",
+        (
+            f"Cost of bit-identical seeds (FEWSTEP_FIXED_BATCH=4): one 4-step request takes {padding[1]:.1f} ms of model time "
+            f"with the network called on 4 rows, {padding[0]:.1f} ms on 1 row ({padding[1] / padding[0]:.2f}x); "
+            "the overhead above is measured against the 4-row model time the service really spends."
+        ),
     ]
     return "\n".join(lines)
 
@@ -100,16 +130,21 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=30, help="sequential requests per step count")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per concurrency level")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a service setting (FEWSTEP_KEY), e.g. --set torch_threads=1")
     args = parser.parse_args()
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    padding = padding_cost()
     redis_server = RedisServer()
     logs = Path(tempfile.mkdtemp(prefix="fewstep-bench-"))
-    svc = Service(redis_server.url, log_dir=logs, queue_prefix="bench", threads=None)
+    svc = Service(redis_server.url, log_dir=logs, threads=None, **{"queue_prefix": "bench", **overrides})
     try:
         over, thru = asyncio.run(run(svc.url, args.requests, args.duration))
     finally:
         svc.stop()
         redis_server.stop()
-    text = report(over, thru)
+    text = report(over, thru, padding)
+    if overrides:
+        text = f"Settings: {overrides}\n\n{text}"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if embedded:
             embedded.close()
         return 2
+    # uvicorn re-raises SIGTERM once it has shut down; exit cleanly then, so the embedded Redis is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False)
     finally:

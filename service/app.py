@@ -151,7 +151,7 @@ async def _start_workers(state: State, count: int) -> None:
     from .worker import Worker, build_runner
 
     try:
-        runner = await asyncio.to_thread(build_runner, state.settings, state.registry.paths)
+        runner = await asyncio.to_thread(build_runner, state.settings, state.registry.paths, beside_api=True)
     except Exception as exc:
         state.startup_error = f"loading models failed: {exc}"
         log.exception("loading models failed")

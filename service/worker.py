@@ -78,13 +78,18 @@ class Worker:
             entries = await self.queue.read(self.name, s.max_batch_size, block_ms=500)
         if not entries:
             return []
+        # fill the batch: sweep what is already queued, then wait (here, not in Redis: a short
+        # BLOCK times out only at Redis's next cron tick, up to 1/hz = 100 ms late)
         until = time.monotonic() + s.max_wait_ms / 1000
         while len(entries) < s.max_batch_size:
-            remaining_ms = int((until - time.monotonic()) * 1000)
-            more = await self.queue.read(self.name, s.max_batch_size - len(entries), block_ms=remaining_ms if remaining_ms >= 1 else None)
-            if not more:
+            more = await self.queue.read(self.name, s.max_batch_size - len(entries), block_ms=None)
+            if more:
+                entries += more
+                continue
+            remaining = until - time.monotonic()
+            if remaining <= 0:
                 break
-            entries += more
+            await asyncio.sleep(remaining)
         return entries
 
     async def process(self, entries: list[Entry]) -> None:
@@ -122,12 +127,17 @@ class Worker:
             await asyncio.sleep(self.settings.heartbeat_s)
 
 
-def build_runner(settings: Settings, paths: dict) -> Runner:
+def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -> Runner:
+    """Load and warm up the models. Beside the API on the CPU, torch gets all cores but one:
+    its OpenMP threads spin, and a starved event loop delivers requests late, in small batches."""
     import torch
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch)
+    threads = settings.torch_threads
+    if threads is None and beside_api and runner.device == "cpu":
+        threads = max(1, (os.cpu_count() or 1) - 1)
+    if threads:
+        torch.set_num_threads(threads)
     runner.warm_up()
     return runner
 

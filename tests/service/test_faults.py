@@ -99,8 +99,8 @@ def test_a_worker_killed_mid_batch_loses_nothing(redis_server, logs):
         svc.stop()
 
 
-def test_api_key(redis_server, logs):
-    svc = Service(redis_server.url, log_dir=logs, queue_prefix="auth", api_key="s3cret-key-value")
+def test_api_key_and_result_expiry(redis_server, logs):
+    svc = Service(redis_server.url, log_dir=logs, queue_prefix="auth", api_key="s3cret-key-value", job_ttl_s=3)
     try:
         body = {"class_label": 0, "steps": 1}
         assert httpx.post(svc.url + "/v1/generate", json=body).status_code == 401
@@ -108,6 +108,15 @@ def test_api_key(redis_server, logs):
         assert httpx.post(svc.url + "/v1/generate", json=body, headers={"Authorization": "Bearer s3cret-key-value"}).status_code == 200
         assert httpx.post(svc.url + "/v1/generate", json=body, headers={"X-API-Key": "s3cret-key-value"}).status_code == 200
         assert httpx.get(svc.url + "/healthz").status_code == 200  # probes need no key
+        key = {"X-API-Key": "s3cret-key-value"}
+        job = httpx.post(svc.url + "/v1/jobs", json={"endpoint": "generate", "request": body}, headers=key).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(svc.url + f"/v1/jobs/{job['id']}", headers=key).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(4)  # FEWSTEP_JOB_TTL_S=3
+        gone = httpx.get(svc.url + f"/v1/jobs/{job['id']}", headers=key)
+        assert gone.status_code == 404 and "expired" in gone.json()["detail"]
     finally:
         svc.stop()
     assert "s3cret-key-value" not in svc.log.read_text()

@@ -11,6 +11,7 @@ import time
 import uuid
 
 import numpy as np
+import torch
 
 from model.family import FamilyInfo
 from model.pipeline import Request, validate_request
@@ -18,6 +19,7 @@ from model.pipeline import Request, validate_request
 from .images import (
     ImageError,
     b64decode,
+    from_png_b64,
     mask_to_tensor,
     open_image,
     png_b64,
@@ -55,21 +57,6 @@ def default_steps(info: FamilyInfo, wanted: int, stochastic: bool) -> int:
     if not available:
         raise BadRequest(f"model {info.family!r} has no {'stochastic ' if stochastic else ''}students")
     return min(available, key=lambda s: (abs(s - wanted), s))
-
-
-def new_job(endpoint: str, info: FamilyInfo, body: Sampling, settings: Settings, *, deadline_s: float, items: list[dict]) -> dict:
-    now = time.time()
-    return {
-        "id": uuid.uuid4().hex,
-        "endpoint": endpoint,
-        "model": info.family,
-        "steps": body.steps,
-        "stochastic": body.stochastic,
-        "format": body.format,
-        "created": now,
-        "deadline": now + deadline_s,
-        "items": items,
-    }
 
 
 def build_job(endpoint: str, body: Sampling, registry: Registry, settings: Settings, *, deadline_s: float, images: dict | None = None) -> dict:
@@ -122,8 +109,18 @@ def build_job(endpoint: str, body: Sampling, registry: Registry, settings: Setti
         "mask": mask.to(int).tolist() if mask is not None else None,
         "strength": strength,
     }
-    items = [{**item, "seed": seed + k} for k in range(body.n)]
-    return new_job(endpoint, info, body, settings, deadline_s=deadline_s, items=items)
+    now = time.time()
+    return {
+        "id": uuid.uuid4().hex,
+        "endpoint": endpoint,
+        "model": info.family,
+        "steps": body.steps,
+        "stochastic": body.stochastic,
+        "format": body.format,
+        "created": now,
+        "deadline": now + deadline_s,
+        "items": [{**item, "seed": seed + k} for k in range(body.n)],
+    }
 
 
 def _decode_body_images(body: Sampling, settings: Settings) -> dict:
@@ -140,10 +137,6 @@ def _decode_body_images(body: Sampling, settings: Settings) -> dict:
 
 def job_requests(job: dict) -> list[Request]:
     """The pipeline requests of a job (worker side)."""
-    import torch
-
-    from .images import from_png_b64
-
     out = []
     for it in job["items"]:
         out.append(

@@ -28,8 +28,8 @@ def _check_size(size: str | None, registry: Registry, model: str | None) -> None
 
 
 def _check_format(response_format: str | None) -> None:
-    if response_format == "url":
-        raise BadRequest("response_format 'url' is not supported; use 'b64_json'", status=400)
+    if response_format not in (None, "b64_json"):
+        raise BadRequest(f"response_format {response_format!r} is not supported; use 'b64_json'", status=400)
 
 
 def _answer(result: dict) -> dict:
@@ -82,8 +82,6 @@ async def edits(
 ) -> dict:
     state = state_of(request)
     s = state.settings
-    if response_format not in (None, "b64_json", "url"):
-        raise BadRequest(f"response_format must be 'b64_json', got {response_format!r}", status=400)
     _check_format(response_format)
     _check_size(size, state.registry, model)
     picture = await _read_upload(image, "image", s.max_image_bytes, s.max_image_side)

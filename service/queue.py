@@ -45,7 +45,7 @@ return 0
 
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'queued' or st == 'running' or st == 'succeeded' or st == 'failed' then
+if st and st ~= 'cancelled' then  -- not cancelled, not expired
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished', ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[3])

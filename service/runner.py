@@ -52,11 +52,7 @@ class Runner:
         """One forward pass for jobs that share (model, steps, stochastic); one result per job."""
         first = jobs[0]
         pipe = self.pipelines[first["model"]]
-        requests, owners = [], []
-        for k, job in enumerate(jobs):
-            rs = job_requests(job)
-            requests += rs
-            owners += [k] * len(rs)
+        requests = [r for job in jobs for r in job_requests(job)]
         start = time.perf_counter()
         images = pipe.generate(requests, steps=first["steps"], stochastic=first["stochastic"])
         if images.is_cuda:
@@ -66,9 +62,9 @@ class Runner:
         metrics.BATCH_IMAGES.observe(len(requests))
         metrics.MODEL_TIME.labels(steps=str(first["steps"])).observe(model_s)
         metrics.IMAGES.labels(model=first["model"]).inc(len(requests))
-        results = []
-        for k, job in enumerate(jobs):
-            mine = [images[i] for i, o in enumerate(owners) if o == k]
+        results, offset = [], 0
+        for job in jobs:
+            mine, offset = images[offset : offset + len(job["items"])], offset + len(job["items"])
             results.append(
                 {
                     "status": "succeeded",

@@ -94,9 +94,12 @@ class Worker:
 
     async def process(self, entries: list[Entry]) -> None:
         now = time.time()
-        done, ready = [], []
-        valid = [e for e in entries if e.job is not None and "id" in e.job]
-        done += [(e, None, {"status": "failed", "code": 500, "error": "malformed queue entry"}) for e in entries if e not in valid]
+        done, ready, valid = [], [], []
+        for e in entries:
+            if e.job is not None and "id" in e.job:
+                valid.append(e)
+            else:
+                done.append((e, None, {"status": "failed", "code": 500, "error": "malformed queue entry"}))
         started = await self.queue.start([e.job["id"] for e in valid], self.name) if valid else []
         for entry, ok in zip(valid, started):
             job = entry.job

@@ -1,8 +1,9 @@
 """The denoiser x_hat(z_t, t, cond, gamma): a backbone read as a v-prediction (Salimans & Ho 2022).
 
 The backbone never knows what it predicts; this wrapper turns its output v_hat into
-x_hat = alpha_t z_t - sigma_t v_hat and embeds the guidance weight gamma (Fourier features,
-scaled so that gamma in [0, 14] spans the same frequencies as time does).
+x_hat = alpha_t z_t - sigma_t v_hat and embeds the guidance weight gamma: Fourier features of
+gamma * gamma_scale (network config). Keep the scale small enough that the features vary
+smoothly over the guidance range (docs/design.md, "Where gamma enters").
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from . import schedule
 from .conditioning import Cond
 from .config_io import ConfigError, from_dict, to_dict
 from .networks import NETWORKS, sinusoidal
-
-GAMMA_SCALE = 100.0
 
 
 class Denoiser(nn.Module):
@@ -44,7 +43,7 @@ class Denoiser(nn.Module):
         gamma = torch.as_tensor(gamma, dtype=torch.float32, device=device)
         if gamma.ndim == 0:
             gamma = gamma.expand(batch)
-        return sinusoidal(gamma * GAMMA_SCALE, self.net_cfg.gamma_embed_dim)
+        return sinusoidal(gamma * self.net_cfg.gamma_scale, self.net_cfg.gamma_embed_dim)
 
     def v(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma=None) -> torch.Tensor:
         """The raw v_hat prediction; t is (B,) or a scalar."""
@@ -62,14 +61,22 @@ class Denoiser(nn.Module):
         return schedule.x_from_v(z=z, v=v, t=t)
 
 
-def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int) -> Denoiser:
-    """Stage-1 initialisation: the teacher's weights plus a zero-initialised gamma projection,
-    so that the fresh student equals the teacher's conditional model exactly."""
-    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim)
+    def gamma_parameters(self) -> list[nn.Parameter]:
+        """Parameters that only gamma feeds (empty for a teacher)."""
+        branch = self.backbone.gamma_branch() if self.takes_gamma else None
+        return list(branch.parameters()) if branch is not None else []
+
+
+def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int, pathway: str = "embedding", scale: float = 1.0) -> Denoiser:
+    """Stage-1 initialisation: the teacher's weights plus a gamma branch whose output starts at
+    zero, so that the fresh student equals the teacher's conditional model exactly."""
+    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim, gamma_pathway=pathway, gamma_scale=scale)
     student = Denoiser(network)
+    branch = {id(p) for p in student.gamma_parameters()}
+    names = {name for name, p in student.named_parameters() if id(p) in branch}
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    if unexpected or any("cond_proj" not in key for key in missing):
+    if unexpected or set(missing) - names:
         raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
-    proj = student.backbone.gamma_projection()
-    nn.init.zeros_(proj.weight)
+    if pathway == "time_features":
+        nn.init.zeros_(student.backbone.gamma_branch().weight)
     return student

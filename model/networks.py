@@ -3,9 +3,16 @@
 `UNetBackbone` wraps diffusers' UNet2DConditionModel: class labels through its class
 embedding (one extra row for the null class), text token states through cross-attention
 (a learned null sequence stands in for dropped prompts), inpainting context as extra input
-channels, and gamma through `time_cond_proj_dim` (added to the time embedding by a linear
-projection that the Denoiser's owner initialises to zero). `MLPBackbone` is the same idea
-for 2-D toy data.
+channels. `MLPBackbone` is the same idea for 2-D toy data.
+
+Gamma (the guidance weight of a stage-1 or distilled student) enters by one of two pathways,
+`gamma_pathway` in the network config:
+- "embedding" (the default of every recipe): its Fourier features go through a small MLP of
+  their own whose output is added to the time embedding *after* the time MLP, next to the
+  class embedding. The MLP's last layer starts at zero, so a fresh student is its teacher.
+- "time_features": a linear projection of its features added to the sinusoidal time features
+  *before* the time MLP (diffusers' `time_cond_proj_dim`). Kept to load early checkpoints;
+  it learns almost nothing (docs/design.md, "Where gamma enters").
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from torch import nn
 
 from .conditioning import NULL_LABEL, Cond
 from .config_io import ConfigError
+
+GAMMA_PATHWAYS = ("embedding", "time_features")
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -48,14 +57,51 @@ class UNetConfig:
     attention_head_dim: int = 8
     norm_num_groups: int = 8
     gamma_embed_dim: int = 0  # 0: no gamma input (a teacher); >0: Fourier features of gamma
+    gamma_pathway: str = "time_features"  # where gamma enters (module docstring); the old default, for old checkpoints
+    gamma_scale: float = 100.0  # gamma is multiplied by this before its Fourier features
 
     def __post_init__(self):
+        _check_gamma(self)
         if len(self.block_out_channels) != len(self.attention_levels):
             raise ConfigError("unet: block_out_channels and attention_levels must have the same length")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError("unet: every block width must be divisible by norm_num_groups")
         if self.resolution % (2 ** (len(self.block_out_channels) - 1)):
             raise ConfigError("unet: resolution must be divisible by 2^(levels - 1)")
+
+
+def _check_gamma(cfg) -> None:
+    if cfg.gamma_pathway not in GAMMA_PATHWAYS:
+        raise ConfigError(f"{cfg.kind}: gamma_pathway must be one of {GAMMA_PATHWAYS}, got {cfg.gamma_pathway!r}")
+    if not cfg.gamma_scale > 0:
+        raise ConfigError(f"{cfg.kind}: gamma_scale must be > 0, got {cfg.gamma_scale}")
+
+
+def _gamma_mlp(in_dim: int, out_dim: int) -> nn.Module:
+    """Fourier features of gamma -> an embedding; the last layer starts at zero (output 0)."""
+    from diffusers.models.embeddings import TimestepEmbedding
+
+    mlp = TimestepEmbedding(in_dim, out_dim)
+    nn.init.zeros_(mlp.linear_2.weight)
+    nn.init.zeros_(mlp.linear_2.bias)
+    return mlp
+
+
+class GammaTimestepEmbedding(nn.Module):
+    """The U-Net's time MLP plus gamma's own MLP, summed after both: emb(t) + emb_gamma(gamma).
+    The UNet passes `timestep_cond` (here: gamma's features) as `condition`. The time MLP keeps
+    the teacher's parameter names (linear_1, linear_2), so teacher weights load unchanged."""
+
+    def __init__(self, time_embedding: nn.Module, gamma_dim: int):
+        super().__init__()
+        self.linear_1, self.act, self.linear_2 = time_embedding.linear_1, time_embedding.act, time_embedding.linear_2
+        self.gamma_mlp = _gamma_mlp(gamma_dim, self.linear_2.out_features)
+
+    def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.linear_2(self.act(self.linear_1(sample)))
+        if condition is not None:
+            emb = emb + self.gamma_mlp(condition)
+        return emb
 
 
 class UNetBackbone(nn.Module):
@@ -79,8 +125,10 @@ class UNetBackbone(nn.Module):
             attention_head_dim=cfg.attention_head_dim,
             norm_num_groups=cfg.norm_num_groups,
             num_class_embeds=cfg.num_classes + 1 if cfg.num_classes else None,
-            time_cond_proj_dim=cfg.gamma_embed_dim or None,
+            time_cond_proj_dim=(cfg.gamma_embed_dim or None) if cfg.gamma_pathway == "time_features" else None,
         )
+        if cfg.gamma_embed_dim and cfg.gamma_pathway == "embedding":
+            self.unet.time_embedding = GammaTimestepEmbedding(self.unet.time_embedding, cfg.gamma_embed_dim)
         if use_text:
             self.null_text = nn.Parameter(torch.randn(1, cfg.text_len, cfg.text_dim) * 0.02)
 
@@ -116,8 +164,10 @@ class UNetBackbone(nn.Module):
         ).sample
         return out
 
-    def gamma_projection(self) -> nn.Linear | None:
-        return self.unet.time_embedding.cond_proj
+    def gamma_branch(self) -> nn.Module | None:
+        """The layers that only gamma feeds (zero-initialised in a fresh student; their own learning rate)."""
+        emb = self.unet.time_embedding
+        return emb.gamma_mlp if isinstance(emb, GammaTimestepEmbedding) else emb.cond_proj
 
 
 @dataclass(frozen=True)
@@ -129,16 +179,25 @@ class MLPConfig:
     depth: int = 4
     time_embed_dim: int = 64
     gamma_embed_dim: int = 0
+    gamma_pathway: str = "time_features"
+    gamma_scale: float = 100.0
+
+    def __post_init__(self):
+        _check_gamma(self)
 
 
 class MLPBackbone(nn.Module):
-    """Residual MLP for low-dimensional data; gamma joins the time embedding like in the U-Net."""
+    """Residual MLP for low-dimensional data; gamma joins the time embedding as in the U-Net."""
 
     def __init__(self, cfg: MLPConfig):
         super().__init__()
         self.cfg = cfg
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_embed_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden))
-        self.cond_proj = nn.Linear(cfg.gamma_embed_dim, cfg.time_embed_dim, bias=False) if cfg.gamma_embed_dim else None
+        self.cond_proj = self.gamma_mlp = None
+        if cfg.gamma_embed_dim and cfg.gamma_pathway == "time_features":
+            self.cond_proj = nn.Linear(cfg.gamma_embed_dim, cfg.time_embed_dim, bias=False)
+        elif cfg.gamma_embed_dim:
+            self.gamma_mlp = _gamma_mlp(cfg.gamma_embed_dim, cfg.hidden)
         self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.hidden) if cfg.num_classes else None
         self.inp = nn.Linear(cfg.channels, cfg.hidden)
         self.blocks = nn.ModuleList(
@@ -149,9 +208,12 @@ class MLPBackbone(nn.Module):
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None):
         temb = sinusoidal(t * 1000.0, self.cfg.time_embed_dim)
-        if gamma_features is not None:
+        if gamma_features is not None and self.cond_proj is not None:
             temb = temb + self.cond_proj(gamma_features)
-        h = self.inp(z) + self.time_mlp(temb)
+        emb = self.time_mlp(temb)
+        if gamma_features is not None and self.gamma_mlp is not None:
+            emb = emb + self.gamma_mlp(gamma_features)
+        h = self.inp(z) + emb
         if self.class_embed is not None:
             labels = cond.labels if cond.labels is not None else torch.full((z.shape[0],), NULL_LABEL, device=z.device)
             h = h + self.class_embed(labels_to_index(labels, self.cfg.num_classes))
@@ -159,8 +221,8 @@ class MLPBackbone(nn.Module):
             h = h + block(h)
         return self.out(h)
 
-    def gamma_projection(self) -> nn.Linear | None:
-        return self.cond_proj
+    def gamma_branch(self) -> nn.Module | None:
+        return self.gamma_mlp if self.gamma_mlp is not None else self.cond_proj
 
 
 NETWORKS = {"unet": (UNetConfig, UNetBackbone), "mlp": (MLPConfig, MLPBackbone)}

@@ -26,6 +26,7 @@ from .distributed import DistEnv
 from .loop import train
 from .losses import distill_loss, stage1_loss, teacher_loss
 from .prepare import Preparer
+from .response import gamma_response, response_times
 
 TEXT_LEN = 16
 
@@ -72,6 +73,7 @@ class Chain:
         self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob)
         self.network = resolve_network(recipe, self.dataset, self.preparer)
         self.checkpoints: dict[str, dict] = {}
+        self.clip = self.dataset.resolution is not None and recipe.autoencoder.kind == "identity"  # pixel space
         both = self.dataset.num_classes and self.dataset.has_text
         self.p_drop_distill = recipe.p_drop_each if both else 0.0
 
@@ -122,11 +124,13 @@ class Chain:
         def stage1_step(model, g):
             batch = self._batch(r.stage1.batch_size, g)
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
-            return stage1_loss(model, teacher, p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g)
+            return stage1_loss(model, teacher, p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
-        student = gamma_student_from_teacher(teacher, r.gamma_embed_dim)
+        student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale)
         prev = self._stage("stage1", "stage1", r.distill_start_steps, student, stage1_step, r.stage1, 2, "teacher")
+        self.report_response("stage1", prev, teacher)
         prev_name = "stage1"
+        self.teacher = teacher
         distilled = {}
         for k, n in enumerate(r.student_steps):
             prev = self._distill(f"distilled-{n}", "distilled", n, prev, copy.deepcopy(prev), r.distill, 10 + k, prev_name, stochastic=False)
@@ -135,6 +139,15 @@ class Chain:
         for k, n in enumerate(r.stochastic_steps):
             # teacher: the N-step deterministic student; start: the N/2-step student (it already takes 2/N steps)
             self._distill(f"stochastic-{n}", "stochastic", n, distilled[n], copy.deepcopy(distilled[n // 2]), r.stochastic, 50 + k, f"distilled-{n}", stochastic=True)
+
+    def report_response(self, name: str, student, teacher, steps: int | None = None) -> None:
+        """Print the student's gamma response (training/response.py) on a fixed batch."""
+        if not self.env.is_main or self.recipe.guidance_range[1] <= self.recipe.guidance_range[0]:
+            return
+        batch = self.dataset.batch(256, (424_242, 0))
+        cond = self.preparer.cond(batch, None)
+        r = gamma_response(student, teacher, self.preparer.x(batch), cond, gamma_range=self.recipe.guidance_range, times=response_times(steps))
+        print(f"[fewstep] {name}: gamma response {r['mean']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "mean") + ")", flush=True)
 
     def _distill(self, name, role, n, teacher, student, cfg: StageConfig, stage_id, parent, *, stochastic):
         r, p = self.recipe, self.preparer
@@ -146,6 +159,9 @@ class Chain:
         def step(model, g):
             batch = self._batch(cfg.batch_size, g)
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
-            return distill_loss(model, teacher, p.x(batch), cond, steps=n, stochastic=stochastic, gamma_range=r.guidance_range, weighting=r.weighting, g=g)
+            return distill_loss(model, teacher, p.x(batch), cond, steps=n, stochastic=stochastic, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
-        return self._stage(name, role, n, student, step, cfg, stage_id, parent)
+        result = self._stage(name, role, n, student, step, cfg, stage_id, parent)
+        if not stochastic:
+            self.report_response(name, result, self.teacher, n)
+        return result

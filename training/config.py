@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from model.autoencoder import AutoencoderConfig
 from model.config_io import ConfigError, from_dict, to_dict
+from model.networks import GAMMA_PATHWAYS
 
 
 @dataclass(frozen=True)
@@ -26,21 +27,39 @@ class StageConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-4
-    ema_decay: float = 0.999
+    gamma_lr: float | None = None  # learning rate of the gamma branch (None: lr); it starts at zero and must grow fast
+    lr_schedule: str = "constant"  # after warmup: "constant", or "linear" decay to zero at the last step
+    ema_decay: float = 0.999  # 0: no EMA (the trained weights are the result)
     warmup: int = 100
     grad_clip: float = 1.0
     save_every_s: float = 60.0  # resumable state at most this often (and at the end)
 
+    def __post_init__(self):
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ConfigError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+
+    def lr_at(self, step: int, base: float) -> float:
+        """Learning rate at optimizer step `step` (0-based) for a group whose peak is `base`."""
+        warm = min(1.0, (step + 1) / max(1, self.warmup))
+        if self.lr_schedule == "linear" and step >= self.warmup:
+            warm = max(0.0, (self.steps - step) / max(1, self.steps - self.warmup))
+        return base * warm
+
 
 @dataclass(frozen=True)
 class EvalConfig:
-    samples: int = 256  # per row (sampler, steps, gamma)
-    batch_size: int = 128
-    guidance: tuple[float, ...] = (0.0, 0.3, 1.0, 2.0, 4.0)
-    teacher_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 64, 256)
-    dpm_steps: tuple[int, ...] = (4, 8, 16)
-    reference_steps: int = 256
-    repeats: int = 2  # independent seed sets per row, for the seed-to-seed spread
+    samples: int = 1024  # per row (sampler, steps, gamma) and seed set
+    batch_size: int = 256
+    guidance: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    teacher_steps: tuple[int, ...] = (1, 2, 4, 8, 16)
+    dpm_steps: tuple[int, ...] = (4, 8)
+    reference_steps: int = 128
+    stage1_steps: int = 64  # the stage-1 student's own DDIM: the ceiling of the distilled students (0: no row)
+    repeats: int = 3  # independent seed sets per row: the spread is their std (ddof = 1)
     evaluator_steps: int = 600  # training steps of the feature/attribute network
 
 
@@ -52,6 +71,8 @@ class Recipe:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     guidance_range: tuple[float, float] = (0.0, 4.0)
     gamma_embed_dim: int = 32
+    gamma_pathway: str = "embedding"  # where gamma enters the student (model/networks.py)
+    gamma_scale: float = 1.0  # gamma's Fourier features are taken of gamma * gamma_scale
     weighting: str = "snr+1"  # x-MSE weighting: "snr+1" (= v-MSE) or "truncated-snr"
     p_uncond: float = 0.1  # teacher: drop the whole condition (the null branch of CFG)
     p_drop_each: float = 0.3  # teacher: drop class or caption alone, so either serves on its own
@@ -75,6 +96,10 @@ class Recipe:
         lo, hi = self.guidance_range
         if not -1.0 <= lo <= hi:
             raise ConfigError(f"guidance_range must satisfy -1 <= min <= max, got {self.guidance_range}")
+        if self.gamma_pathway not in GAMMA_PATHWAYS:
+            raise ConfigError(f"gamma_pathway must be one of {GAMMA_PATHWAYS}, got {self.gamma_pathway!r}")
+        if not self.gamma_scale > 0:
+            raise ConfigError(f"gamma_scale must be > 0, got {self.gamma_scale}")
         if self.weighting not in ("snr+1", "truncated-snr"):
             raise ConfigError(f"weighting must be 'snr+1' or 'truncated-snr', got {self.weighting!r}")
 

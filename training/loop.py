@@ -52,6 +52,17 @@ def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def param_groups(model: nn.Module, cfg: StageConfig) -> list[dict]:
+    """One group for the gamma branch (its own learning rate, cfg.gamma_lr) and one for the rest."""
+    gamma = list(model.gamma_parameters()) if cfg.gamma_lr is not None and hasattr(model, "gamma_parameters") else []
+    ids = {id(p) for p in gamma}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": cfg.lr, "peak_lr": cfg.lr}]
+    if gamma:
+        groups.append({"params": gamma, "lr": cfg.gamma_lr, "peak_lr": cfg.gamma_lr})
+    return groups
+
+
 class _StopFlag:
     def __init__(self):
         self.signal = None
@@ -84,13 +95,15 @@ def train(
     """Train `model` for cfg.steps steps of loss_fn(module, step); return the EMA model."""
     model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(param_groups(model, cfg), weight_decay=0.0)
     start = 0
     if (state_dir / "config.json").exists():
         tensors, meta = load_tensors(state_dir, f"training state {state_dir}")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
         _optimizer_from_tensors(opt, tensors, meta)
+        for group, fresh in zip(opt.param_groups, param_groups(model, cfg)):  # the recipe decides the rates
+            group["peak_lr"] = fresh["peak_lr"]
         start = int(meta["step"])
     if env.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -113,9 +126,8 @@ def train(
     loss_avg = None
     with _StopFlag() as stop:
         for step in range(start, cfg.steps):
-            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = cfg.lr_at(step, group["peak_lr"])
             loss = loss_fn(forward_model, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}")
@@ -124,7 +136,7 @@ def train(
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))  # ema_decay 0: a plain copy
             loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)

@@ -1,4 +1,4 @@
-"""Named recipes. Sizes come from measurements on the 2-core development machine (see README):
+"""Named recipes. Sizes come from step times measured on a 2-core CPU (README, "Sizing"):
 a 1.2M-parameter U-Net at 16x16 trains at ~0.35 s per batch-64 step, a distillation step
 (student update + two teacher passes) costs ~0.5 s."""
 
@@ -20,12 +20,12 @@ def toy2d() -> Recipe:
         p_uncond=0.15,
         p_drop_each=0.0,
         teacher=StageConfig(steps=3000, batch_size=512, lr=2e-3, ema_decay=0.998, warmup=100, save_every_s=30),
-        stage1=StageConfig(steps=1500, batch_size=512, lr=5e-4, ema_decay=0.995, warmup=50, save_every_s=30),
+        stage1=StageConfig(steps=1500, batch_size=512, lr=5e-4, gamma_lr=3e-3, ema_decay=0.995, warmup=50, save_every_s=30),
         distill=stage,
         distill_start_steps=64,
         stochastic=stage,
         stochastic_steps=(8, 4, 2),
-        evaluation=EvalConfig(samples=2000, batch_size=4000, guidance=(0.0, 1.0, 4.0), teacher_steps=(1, 2, 4, 8, 16, 64, 256), dpm_steps=(4, 8, 16), repeats=2, evaluator_steps=0),
+        evaluation=EvalConfig(samples=2000, batch_size=4000, guidance=(0.0, 1.0, 4.0), teacher_steps=(1, 2, 4, 8, 16, 64), dpm_steps=(4, 8, 16), reference_steps=256, repeats=3, evaluator_steps=0),
     )
 
 
@@ -39,48 +39,50 @@ def quick() -> Recipe:
         network={"kind": "unet", "block_out_channels": [16, 32], "attention_levels": [False, True], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8},
         gamma_embed_dim=16,
         teacher=StageConfig(steps=80, batch_size=32, lr=1e-3, ema_decay=0.9, warmup=5, save_every_s=2),
-        stage1=stage,
+        stage1=StageConfig(steps=30, batch_size=16, lr=5e-4, gamma_lr=3e-3, ema_decay=0.9, warmup=5, save_every_s=2),
         distill=stage,
         distill_start_steps=16,
         stochastic=stage,
         stochastic_steps=(8, 4, 2),
-        evaluation=EvalConfig(samples=32, batch_size=64, guidance=(0.0, 1.0), teacher_steps=(1, 2, 4, 8, 256), dpm_steps=(4,), repeats=1, evaluator_steps=40),
+        evaluation=EvalConfig(samples=32, batch_size=64, guidance=(0.0, 1.0), teacher_steps=(1, 2, 4, 8), dpm_steps=(4,), reference_steps=256, stage1_steps=16, repeats=2, evaluator_steps=40),
     )
 
 
 def shapes() -> Recipe:
-    """The built-in family: 16x16 shapes, class + text + inpainting, N_0 = 64 down to 1 step.
-    Sized for ~2.5 h on 2 cores (README, "Sizing"): teacher 5000 x 0.35 s, stage 1 1500 x 0.5 s,
-    six rounds x 1000 x 0.5 s (the last three 1.5x), stochastic 3 x 800 x 0.5 s, evaluation ~35 min."""
-    distill = StageConfig(steps=1000, batch_size=64, lr=1e-4, ema_decay=0.999, warmup=50, save_every_s=120)
+    """The built-in family: 16x16 shapes, class + text + inpainting, N_0 = 32 down to 1 step.
+    Sized for ~70 min of distillation on 2 cores (README, "Sizing"), from a teacher of 5000 x
+    0.35 s: stage 1 2000 x 0.6 s, five rounds x 800 x 0.5 s, stochastic 3 x 600 x 0.55 s.
+    The gamma branch has its own learning rate (docs/benchmarks/gamma-pathway.md); the rounds
+    anneal the learning rate linearly to zero without EMA, as Salimans & Ho's released setup."""
+    distill = StageConfig(steps=800, batch_size=64, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120)
     return Recipe(
         name="shapes",
         data=DataConfig(kind="shapes", resolution=16),
         network={"kind": "unet", "block_out_channels": [32, 64], "attention_levels": [False, True], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8},
         teacher=StageConfig(steps=5000, batch_size=64, lr=3e-4, ema_decay=0.9995, warmup=200, save_every_s=120),
-        stage1=StageConfig(steps=1500, batch_size=64, lr=1e-4, ema_decay=0.999, warmup=50, save_every_s=120),
+        stage1=StageConfig(steps=2000, batch_size=64, lr=2e-4, gamma_lr=3e-3, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120),
         distill=distill,
-        distill_start_steps=64,
-        final_rounds_scale=1.5,
-        stochastic=StageConfig(steps=800, batch_size=64, lr=1e-4, ema_decay=0.999, warmup=50, save_every_s=120),
-        evaluation=EvalConfig(samples=256, batch_size=256, repeats=2, evaluator_steps=600),
+        distill_start_steps=32,
+        stochastic=StageConfig(steps=600, batch_size=64, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120),
+        # ~230 network evaluations per (sample, gamma): 1024 samples x 3 seed sets x 4 gammas in ~90 min on 2 cores
+        evaluation=EvalConfig(samples=1024, batch_size=256, repeats=3, reference_steps=64, teacher_steps=(1, 2, 4, 8), dpm_steps=(4,), stage1_steps=32, evaluator_steps=600),
     )
 
 
 def shapes_gpu() -> Recipe:
     """GPU-sized: 32x32 shapes, a wider U-Net, N_0 = 128; about 10 minutes on one H100."""
-    distill = StageConfig(steps=3000, batch_size=256, lr=1e-4, ema_decay=0.9995, warmup=100, save_every_s=120)
+    distill = StageConfig(steps=3000, batch_size=256, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=100, save_every_s=120)
     return Recipe(
         name="shapes-gpu",
         data=DataConfig(kind="shapes", resolution=32),
         network={"kind": "unet", "block_out_channels": [64, 128, 128], "attention_levels": [False, True, True], "layers_per_block": 2, "attention_head_dim": 16, "norm_num_groups": 16},
         teacher=StageConfig(steps=20000, batch_size=256, lr=3e-4, ema_decay=0.9999, warmup=500, save_every_s=120),
-        stage1=StageConfig(steps=4000, batch_size=256, lr=1e-4, ema_decay=0.9995, warmup=100, save_every_s=120),
+        stage1=StageConfig(steps=6000, batch_size=256, lr=2e-4, gamma_lr=3e-3, lr_schedule="linear", ema_decay=0.0, warmup=100, save_every_s=120),
         distill=distill,
         distill_start_steps=128,
         final_rounds_scale=2.0,
         stochastic=distill,
-        evaluation=EvalConfig(samples=1024, batch_size=1024, repeats=2, evaluator_steps=2000),
+        evaluation=EvalConfig(samples=2048, batch_size=1024, repeats=3, reference_steps=256, evaluator_steps=2000),
     )
 
 

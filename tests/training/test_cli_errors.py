@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from PIL import Image
 
 from .conftest import cli
@@ -29,18 +31,32 @@ def test_bad_override(tmp_path):
     assert proc.returncode == 2 and "stepz" in proc.stderr
     proc = cli("run", "toy2d", "--out", tmp_path / "x", "--set", "distill_start_steps=6", check=False)
     assert proc.returncode == 2 and "power of two" in proc.stderr
+    for bad, words in (("gamma_pathway=after", "gamma_pathway"), ("stage1.lr_schedule=cosine", "lr_schedule"), ("distill.ema_decay=1.5", "ema_decay")):
+        proc = cli("run", "toy2d", "--out", tmp_path / "x", "--set", bad, check=False)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x" / "recipe.json").exists()
 
 
-def make_folder(root, n=4, broken=None, metadata=True):
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30), "white": (245, 245, 245), "black": (10, 10, 10)}
+
+
+def make_folder(root, n=4, broken=None, metadata=True, text=True, label=False):
     root.mkdir()
     lines = []
+    names = list(COLOURS)
     for k in range(n):
         name = f"img{k}.png"
+        colour = names[k % len(names)]
         if k == broken:
             (root / name).write_bytes(b"not an image at all")
         else:
-            Image.new("RGB", (20, 24), (40 * k, 100, 200)).save(root / name)
-        lines.append(json.dumps({"file_name": name, "text": f"a picture number {k}"}))
+            Image.new("RGB", (20, 24), COLOURS[colour]).save(root / name)
+        row = {"file_name": name}
+        if text:
+            row["text"] = f"a {colour} picture"
+        if label:
+            row["label"] = colour
+        lines.append(json.dumps(row))
     if metadata:
         (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return root
@@ -60,13 +76,24 @@ def test_imagefolder_with_a_broken_image(tmp_path):
     assert not (tmp_path / "out" / "recipe.json").exists() and not (tmp_path / "out" / "teacher").exists()
 
 
-def test_imagefolder_trains(tmp_path):
-    folder = make_folder(tmp_path / "data", n=6)
-    small = ["--set", "teacher.steps=3", "--set", "stage1.steps=2", "--set", "distill.steps=1", "--set", "stochastic.steps=1", "--set", "distill_start_steps=8", "--set", "stochastic_steps=[4, 2]"]
-    cli("run", "quick", "--out", tmp_path / "out", "--data-dir", folder, "--no-eval", *small)
+SMALL = ["--set", "teacher.steps=3", "--set", "stage1.steps=2", "--set", "distill.steps=1", "--set", "stochastic.steps=1", "--set", "distill_start_steps=8", "--set", "stochastic_steps=[4, 2]", "--set", "evaluation.evaluator_steps=60"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["captions", "labels", "both"])
+def test_imagefolder_trains_and_evaluates(tmp_path, kind):
+    """The default `run` on a user's folder, evaluation included: FID/KID against the folder's
+    images, and adherence that fits the conditioning (caption retrieval for free text)."""
+    folder = make_folder(tmp_path / "data", n=12, text=kind != "labels", label=kind != "captions")
+    cli("run", "quick", "--out", tmp_path / "out", "--data-dir", folder, *SMALL)
     family = json.loads((tmp_path / "out" / "family.json").read_text())
-    assert family["text_encoder"] == "all-MiniLM-L6-v2" and family["class_names"] == []
     assert {"teacher", "stage1", "distilled-2", "distilled-1", "stochastic-4", "stochastic-2"} <= set(family["checkpoints"])
+    assert (family["text_encoder"] == "all-MiniLM-L6-v2") == (kind != "labels")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["conditioning"] == ("free-text" if kind == "captions" else "class")
+    for row in metrics["rows"]:
+        assert row["fid"] is not None and row["kid"] is not None and 0.0 <= row["adherence"] <= 1.0
+    assert metrics["fid_real_vs_real"] is not None and metrics["edits"]["img2img"]
 
 
 def test_evaluate_and_sample_fail_clearly_on_missing_or_corrupt_checkpoints(quick_run, tmp_path):

@@ -1,0 +1,87 @@
+"""Probe where and how gamma should enter a stage-1 student: short stage-1 runs from a
+family's teacher, each printing the gamma response (training/response.py) it reaches.
+
+    python -m benchmarks.gamma_pathway [--family model/builtin/shapes] [--steps 200] [--out FILE]
+
+Options are (pathway, scale, lr, gamma_lr); every run draws the same batches, gammas and noise.
+Targets are left unclipped: where gamma enters does not depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.denoiser import gamma_student_from_teacher
+from training.config import DataConfig, Recipe, StageConfig
+from training.data import build_dataset, step_generator
+from training.distributed import DistEnv
+from training.losses import stage1_loss
+from training.loop import train
+from training.prepare import Preparer
+from training.response import gamma_response
+from model.autoencoder import build_autoencoder
+
+OPTIONS = [
+    ("time_features", 100.0, 1e-4, None),  # the first recipes' settings
+    ("time_features", 1.0, 1e-4, 3e-3),
+    ("embedding", 100.0, 1e-4, 3e-3),
+    ("embedding", 10.0, 1e-4, 3e-3),
+    ("embedding", 1.0, 1e-4, 3e-3),
+    ("embedding", 1.0, 1e-4, None),
+]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", type=Path, default=Path("model/builtin/shapes"))
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    teacher, _ = load_checkpoint(args.family / "teacher")
+    teacher.requires_grad_(False)
+    recipe = Recipe.from_json((args.family / "recipe.json").read_text())
+    data = DataConfig(**{**recipe.data.__dict__})
+    dataset = build_dataset(data)
+    preparer = Preparer(dataset, build_autoencoder(recipe.autoencoder), 16, "cpu", 0.0)
+    probe = dataset.batch(256, (424_242, 0))
+    probe_x, probe_cond = preparer.x(probe), preparer.cond(probe, None)
+    rows = []
+    for pathway, scale, lr, gamma_lr in OPTIONS:
+        torch.manual_seed(0)
+        student = gamma_student_from_teacher(teacher, recipe.gamma_embed_dim, pathway, scale)
+        cfg = StageConfig(steps=args.steps, batch_size=64, lr=lr, gamma_lr=gamma_lr, ema_decay=0.0, warmup=20, save_every_s=1e9)
+
+        def step(model, k):
+            g = step_generator(7, k)
+            batch = dataset.batch(cfg.batch_size, (int(torch.randint(0, 2**31 - 1, (1,), generator=g)), 0))
+            cond = preparer.cond(batch, g, p_drop_each=0.3, drop_both=False)
+            return stage1_loss(model, teacher, preparer.x(batch), cond, gamma_range=recipe.guidance_range, weighting=recipe.weighting, g=g)
+
+        started = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+            trained = train("probe", student, step, cfg, Path(tmp), DistEnv())
+        r = gamma_response(trained.eval(), teacher, probe_x, probe_cond, gamma_range=recipe.guidance_range)
+        row = {"pathway": pathway, "scale": scale, "lr": lr, "gamma_lr": gamma_lr, "steps": args.steps, "seconds": round(time.time() - started, 1), **r}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.out:
+        lines = [f"# Gamma pathway probes ({args.steps} stage-1 steps, batch 64, from {args.family})", "",
+                 f"Measured on {platform.platform()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.", "",
+                 "| pathway | scale | lr | gamma lr | response t=0.3 | t=0.5 | t=0.7 | mean |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['pathway']} | {r['scale']:g} | {r['lr']:g} | {r['gamma_lr'] or 'same'} | {r['t=0.3']:.3f} | {r['t=0.5']:.3f} | {r['t=0.7']:.3f} | {r['mean']:.3f} |")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

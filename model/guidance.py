@@ -35,3 +35,24 @@ def gamma_conditioned(student: Denoiser, gamma) -> Denoise:
         return student(z, t, cond, gamma)
 
     return denoise
+
+
+def clipped(denoise: Denoise, lo: float = -1.0, hi: float = 1.0) -> Denoise:
+    """x_hat clipped to the data range [lo, hi]: for pixel-space models only (a latent has no
+    such range). Guidance extrapolates, so a guided x_hat can leave the range the data has."""
+
+    def denoise_clipped(z: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return denoise(z, t, cond).clamp(lo, hi)
+
+    return denoise_clipped
+
+
+def inpainting(denoise: Denoise, x_known: torch.Tensor, keep: torch.Tensor) -> Denoise:
+    """x_hat with the known region replaced by the known image (z-space), at every step: a
+    DDIM step then keeps that region exactly on the known image's own noising path, so the
+    unknown region is drawn around what stays. `keep` (B, 1|C, H, W) is True where the image stays."""
+
+    def denoise_inpaint(z: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        return torch.where(keep, x_known, denoise(z, t, cond))
+
+    return denoise_inpaint

@@ -1,7 +1,9 @@
-"""The three training objectives and the distillation targets (DESIGN.md section 1).
+"""The three training objectives and the distillation targets (docs/design.md, section 1).
 
 Each loss takes the networks as callables and a generator, draws its own t, gamma and
 noise, and returns the weighted mean squared error in v-space (see schedule.loss_weight).
+With `clip` (pixel-space data), the teacher's x_hat is clipped to the data range [-1, 1]
+in every teacher step and target: guidance extrapolates beyond the data range.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 
 from model import schedule
 from model.conditioning import Cond
-from model.guidance import Denoise, gamma_conditioned
+from model.guidance import Denoise, clipped, gamma_conditioned
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -33,10 +35,11 @@ def teacher_loss(model, x: torch.Tensor, cond: Cond, *, weighting: str, g: torch
     return _weighted_mse(v_pred, schedule.v_from_x_eps(x=x, eps=eps, t=t), t, weighting)
 
 
-def stage1_loss(student, teacher, x: torch.Tensor, cond: Cond, *, gamma_range, weighting: str, g: torch.Generator) -> torch.Tensor:
+def stage1_loss(student, teacher, x: torch.Tensor, cond: Cond, *, gamma_range, weighting: str, g: torch.Generator, clip: bool = False) -> torch.Tensor:
     """Stage 1 (Meng et al. 2023, Algorithm 1): match the teacher's guided prediction for
     gamma ~ U[gamma_min, gamma_max]. Guidance is linear, so the guided x_hat^gamma target
-    equals the guided v target (1 + gamma) v_c - gamma v_null exactly; we compare in v-space."""
+    equals the guided v target (1 + gamma) v_c - gamma v_null exactly; we compare in v-space
+    (after clipping x_hat^gamma with `clip`)."""
     n = x.shape[0]
     gamma = _uniform(n, *gamma_range, g, x.device)
     t = torch.rand(n, generator=g).to(x.device)
@@ -47,6 +50,10 @@ def stage1_loss(student, teacher, x: torch.Tensor, cond: Cond, *, gamma_range, w
         v_c, v_u = v_both.chunk(2)
         g_ = schedule.expand_like(gamma, x)
         v_target = (1 + g_) * v_c - g_ * v_u
+        if clip:  # v = (alpha z - x) / sigma, so moving x by d moves v by -d / sigma
+            x_target = schedule.x_from_v(z=z, v=v_target, t=t)
+            sigma = schedule.expand_like(schedule.sigma_t(t).clamp_min(1e-4), x)
+            v_target = v_target - (x_target.clamp(-1.0, 1.0) - x_target) / sigma
     v_pred = student(z, t, cond, gamma, predict="v")
     return _weighted_mse(v_pred, v_target, t, weighting)
 
@@ -73,7 +80,7 @@ def stochastic_target(teacher: Denoise, z_t, t, step: float, first: torch.Tensor
     return torch.where(first.reshape(first.shape + (1,) * (two.ndim - 1)), x_hat_t, two)
 
 
-def distill_loss(student, teacher, x: torch.Tensor, cond: Cond, *, steps: int, stochastic: bool, gamma_range, weighting: str, g: torch.Generator) -> torch.Tensor:
+def distill_loss(student, teacher, x: torch.Tensor, cond: Cond, *, steps: int, stochastic: bool, gamma_range, weighting: str, g: torch.Generator, clip: bool = False) -> torch.Tensor:
     """Stage 2 (Meng et al. 2023, Algorithm 2): the N-step student matches two steps of its
     teacher; with `stochastic`, the student for the N-step stochastic sampler (see stochastic_target)."""
     n = x.shape[0]
@@ -84,6 +91,7 @@ def distill_loss(student, teacher, x: torch.Tensor, cond: Cond, *, steps: int, s
     z_t = schedule.diffuse(x=x, eps=eps, t=t)
     with torch.no_grad():
         fn = gamma_conditioned(teacher, gamma)
+        fn = clipped(fn) if clip else fn
         if stochastic:
             target = stochastic_target(fn, z_t, t, 1.0 / steps, i == 1, cond)
         else:

@@ -38,6 +38,11 @@ class FamilyInfo:
         return {c["steps"]: name for name, c in self.checkpoints.items() if c["role"] == role}
 
     @property
+    def clip_x(self) -> bool:
+        """Pixel-space images: x_hat may be clipped to the data range [-1, 1] (not a latent)."""
+        return self.resolution is not None and self.autoencoder.get("kind", "identity") == "identity"
+
+    @property
     def distilled_steps(self) -> list[int]:
         return sorted(self.names("distilled"))
 

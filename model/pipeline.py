@@ -17,9 +17,9 @@ import torch
 from .autoencoder import encode_inpaint_context
 from .conditioning import NULL_LABEL, Cond
 from .family import Family, FamilyInfo
-from .guidance import gamma_conditioned
+from .guidance import clipped, gamma_conditioned, inpainting
 from .noise import SeededNoise
-from .samplers import img2img_start, sample_ddim, sample_stochastic
+from .samplers import img2img_start, off_grid, sample_ddim, sample_stochastic, step_to_grid
 
 
 @dataclass
@@ -113,28 +113,59 @@ class Pipeline:
         chunks = [self._generate(padded[i : i + size], steps, stochastic) for i in range(0, len(padded), size)]
         return torch.cat(chunks)[: len(requests)]
 
+    def evaluations(self, request: Request, *, steps: int) -> int:
+        """Network evaluations a request costs: its steps, fewer for img2img that starts below
+        t = 1, plus one partial step when the strength falls between grid points."""
+        if request.image is None or request.mask is not None or request.strength >= 1.0:
+            return steps
+        _, t, start = img2img_start(torch.zeros(1, 1), request.strength, steps, SeededNoise([0]))
+        return int(start) + int(off_grid(t, start, steps))
+
     def _generate(self, requests: list[Request], steps: int, stochastic: bool) -> torch.Tensor:
         fam = self.family
         student = fam.student(steps, stochastic)
         shape = (self.z_channels, self.z_side, self.z_side)
-        noises, zs, starts = [], [], []
+        noises, zs, ts, starts = [], [], [], []
         for r in requests:
             noise = SeededNoise([r.seed], fam.device, fam.dtype)
             if r.image is not None and r.mask is None and r.strength < 1.0:
                 x = fam.autoencoder.encode(r.image[None].to(fam.device, fam.dtype))
-                z, start = img2img_start(x, r.strength, steps, noise)
+                z, t, start = img2img_start(x, r.strength, steps, noise)
             else:
-                z, start = noise.randn(shape), torch.tensor([steps])
+                z, t, start = noise.randn(shape), torch.ones(1), torch.tensor([steps])
             noises.append(noise)
             zs.append(z)
+            ts.append(t.to(fam.device, fam.dtype))
             starts.append(start.to(fam.device))
         noise = SeededNoise.cat(noises)
         gamma = torch.tensor([r.guidance for r in requests], device=fam.device, dtype=fam.dtype)
+        cond = self.cond(requests)
+        z, t, start = torch.cat(zs), torch.cat(ts), torch.cat(starts)
+        if off_grid(t, start, steps).any():  # img2img between grid points: one step of the stage-1 student
+            first = fam.model("stage1") if "stage1" in fam.info.checkpoints else student
+            z = step_to_grid(self._denoiser(first, gamma, requests), z, cond, t=t, start=start, steps=steps)
         sampler = sample_stochastic if stochastic else sample_ddim
-        z = sampler(gamma_conditioned(student, gamma), torch.cat(zs), self.cond(requests), steps=steps, start=torch.cat(starts), noise=noise)
+        z = sampler(self._denoiser(student, gamma, requests), z, cond, steps=steps, start=start, noise=noise)
         images = fam.autoencoder.decode(z).clamp(-1, 1)
         for k, r in enumerate(requests):  # inpainting keeps the unmasked pixels exactly
             if r.mask is not None:
                 m = r.mask.to(images)[None]
                 images[k] = m * images[k] + (1 - m) * r.image.to(images)
         return images
+
+    def _denoiser(self, student, gamma: torch.Tensor, requests: list[Request]):
+        """The student at each request's gamma; pixel families clip x_hat to [-1, 1]; inpainting
+        requests keep their known region in x_hat at every step."""
+        fam = self.family
+        denoise = gamma_conditioned(student, gamma)
+        if fam.info.clip_x:
+            denoise = clipped(denoise)
+        if any(r.mask is not None for r in requests):
+            side = fam.info.resolution
+            images = torch.stack([r.image if r.mask is not None else torch.zeros(3, side, side) for r in requests]).to(fam.device, fam.dtype)
+            repaint = torch.stack([r.mask if r.mask is not None else torch.ones(side, side) for r in requests]).to(fam.device, fam.dtype)[:, None]
+            x_known = fam.autoencoder.encode(images)
+            if x_known.shape[-1] != side:  # latent: a latent cell is kept only if all its pixels are
+                repaint = torch.nn.functional.adaptive_max_pool2d(repaint, x_known.shape[-2:])
+            denoise = inpainting(denoise, x_known, repaint < 0.5)
+        return denoise

@@ -115,18 +115,37 @@ SAMPLERS = {"ddim": sample_ddim, "stochastic": sample_stochastic, "dpmpp2m": sam
 
 def img2img_start(
     x: torch.Tensor, strength: torch.Tensor | float, steps: int, noise: SeededNoise
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start img2img at t = strength, snapped to the sampler's grid: i = round(strength N) >= 1,
-    z = alpha_t x + sigma_t eps at t = i/N. Returns (z, start) for the samplers above."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Start img2img at exactly t = strength: z = alpha_t x + sigma_t eps. Returns (z, t, start),
+    start the grid index i = floor(strength N) at or below t (0 when t < 1/N). A sample whose t
+    lies between grid points needs one partial step to i/N first (`step_to_grid`)."""
     strength = torch.as_tensor(strength, dtype=torch.float32).expand(x.shape[0]).to(x.device)
     if ((strength <= 0) | (strength > 1)).any():
         raise ValueError("strength must lie in (0, 1]")
-    start = torch.round(strength * steps).long().clamp(1, steps)
+    start = torch.floor(strength * steps + 1e-6).long().clamp(0, steps)
     eps = noise.randn(tuple(x.shape[1:]))
-    z = schedule.diffuse(x=x, eps=eps, t=(start.to(x.dtype) / steps))
-    return z, start
+    t = strength.clamp_min(1e-4).to(x.dtype)  # sigma_t > 0 even in half precision
+    return schedule.diffuse(x=x, eps=eps, t=t), t, start
 
 
-def network_evaluations(sampler: str, steps: int, guided: bool) -> int:
+def off_grid(t: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """Which samples start between grid points (t > start / steps)."""
+    return t > start.to(t.dtype) / steps + 1e-6
+
+
+def step_to_grid(denoise: Denoise, z: torch.Tensor, cond: Cond, *, t: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """One DDIM step from each sample's own t down to its grid point start / steps, for samples
+    that start off the grid (others are returned unchanged). `denoise` must be good at any t:
+    the stage-1 student, which was trained on t ~ U[0, 1]."""
+    start = start.to(z.device)
+    move = off_grid(t, start, steps)
+    if not move.any():
+        return z
+    s = start.to(z.dtype) / steps
+    x_hat = denoise(z, t, cond)
+    return _where(move, schedule.ddim_step(z_t=z, x_hat=x_hat, t=t, s=s), z)
+
+
+def network_evaluations(steps: int, guided: bool) -> int:
     """Network evaluations per image: a CFG step costs two."""
     return steps * (2 if guided else 1)

@@ -65,7 +65,7 @@ def wanted_image_type(request: Request) -> str | None:
 
 
 def public_result(result: dict) -> dict:
-    keys = ("model", "steps", "stochastic", "guidance", "seeds", "format", "images", "batch_requests", "model_seconds")
+    keys = ("model", "steps", "stochastic", "guidance", "seeds", "format", "images", "batch_requests", "model_seconds", "network_evaluations")
     return {k: result[k] for k in keys if k in result}
 
 
@@ -73,4 +73,6 @@ def render(result: dict, fmt: str | None) -> Response:
     if fmt is None:
         return JSONResponse(public_result(result))
     headers = {"X-Seed": str(result["seeds"][0]), "X-Steps": str(result["steps"])}
+    if "network_evaluations" in result:
+        headers["X-Network-Evaluations"] = str(result["network_evaluations"])
     return Response(base64.b64decode(result["images"][0]), media_type=MEDIA_TYPES[fmt], headers=headers)

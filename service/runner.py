@@ -47,6 +47,8 @@ class Runner:
                 pipe.generate([req], steps=steps)
             for steps in info.stochastic_steps:
                 pipe.generate([req], steps=steps, stochastic=True)
+            if "stage1" in info.checkpoints:  # img2img between grid points takes one stage-1 step
+                pipe.family.model("stage1")
 
     def run(self, jobs: list[dict]) -> list[dict]:
         """One forward pass for jobs that share (model, steps, stochastic); one result per job."""
@@ -64,7 +66,9 @@ class Runner:
         metrics.IMAGES.labels(model=first["model"]).inc(len(requests))
         results, offset = [], 0
         for job in jobs:
-            mine, offset = images[offset : offset + len(job["items"])], offset + len(job["items"])
+            mine = images[offset : offset + len(job["items"])]
+            first_request = requests[offset]
+            offset += len(job["items"])
             results.append(
                 {
                     "status": "succeeded",
@@ -78,6 +82,7 @@ class Runner:
                     "batch_requests": len(jobs),
                     "batch_images": len(requests),
                     "model_seconds": model_s,
+                    "network_evaluations": pipe.evaluations(first_request, steps=job["steps"]),
                 }
             )
         return results

@@ -1,11 +1,11 @@
-
+import pytest
 import torch
 
 from model import schedule
 from model.conditioning import Cond
 from model.guidance import gamma_conditioned
 from model.noise import SeededNoise
-from model.samplers import img2img_start, sample_ddim, sample_dpmpp_2m, sample_stochastic
+from model.samplers import img2img_start, off_grid, sample_ddim, sample_dpmpp_2m, sample_stochastic, step_to_grid
 
 EMPTY = Cond(labels=torch.zeros(1, dtype=torch.long))
 
@@ -89,28 +89,59 @@ def test_same_seed_same_sample_whatever_shares_the_batch():
             assert not torch.allclose(batch[0], batch[1], atol=1e-2)
 
 
-def test_img2img_starts_on_the_grid_and_keeps_late_starters_waiting():
-    x = torch.zeros(3, 2, dtype=torch.float64)
-    noise = SeededNoise([0, 1, 2], dtype=torch.float64)
-    z, start = img2img_start(x, torch.tensor([1.0, 0.5, 0.1]), 4, noise)
-    assert start.tolist() == [4, 2, 1]
-    assert torch.allclose(z[1].std(), z[1].std())  # finite
+def test_img2img_starts_at_the_strength_and_steps_once_to_the_grid():
+    x = torch.full((4, 2), 0.5, dtype=torch.float64)
+    noise = SeededNoise([0, 1, 2, 3], dtype=torch.float64)
+    z, t, start = img2img_start(x, torch.tensor([1.0, 0.5, 0.3, 0.1]), 4, noise)
+    assert start.tolist() == [4, 2, 1, 0]
+    assert off_grid(t, start, 4).tolist() == [False, False, True, True]
+    eps = SeededNoise([0, 1, 2, 3], dtype=torch.float64).randn((2,))
+    assert torch.allclose(z, schedule.diffuse(x=x, eps=eps, t=t), atol=1e-6)  # exactly at t = strength, not snapped
     calls = []
 
-    def record(zz, t, cond):
-        calls.append(t[0].item())
-        return torch.zeros_like(zz)
+    def oracle(zz, tt, cond):
+        calls.append(tt.tolist())
+        return torch.full_like(zz, 0.5)
 
-    out = sample_ddim(record, z, EMPTY, steps=4, start=start)
+    z = step_to_grid(oracle, z, EMPTY, t=t, start=start, steps=4)
+    assert len(calls) == 1 and calls[0] == pytest.approx([1.0, 0.5, 0.3, 0.1])  # each sample at its own t
+    assert torch.allclose(z[3], x[3])  # strength below 1/N: the partial step lands on t = 0
+    calls.clear()
+    out = sample_ddim(lambda zz, tt, cond: (calls.append(tt[0].item()), torch.full_like(zz, 0.5))[1], z, EMPTY, steps=4, start=start)
     assert calls == [1.0, 0.75, 0.5, 0.25]
     assert torch.allclose(out, x)
     # strength 1 is plain generation from the same seed
-    z_full, _ = img2img_start(torch.randn(1, 2, dtype=torch.float64), 1.0, 4, SeededNoise([5], dtype=torch.float64))
+    z_full, _, _ = img2img_start(torch.randn(1, 2, dtype=torch.float64), 1.0, 4, SeededNoise([5], dtype=torch.float64))
     plain = SeededNoise([5], dtype=torch.float64).randn((2,))
     assert torch.allclose(z_full, plain, atol=1e-12)
-    try:
-        img2img_start(x, 0.0, 4, SeededNoise([0, 1, 2]))
-    except ValueError as exc:
-        assert "strength" in str(exc)
-    else:
-        raise AssertionError("strength 0 must be refused")
+    with pytest.raises(ValueError, match="strength"):
+        img2img_start(x, 0.0, 4, SeededNoise([0, 1, 2, 3]))
+
+
+def test_stochastic_sampler_differs_from_ddim_where_it_must():
+    """Gaussian data N(m, s^2), exact denoiser: at 1 step the two samplers are the same map;
+    from 2 steps on the stochastic one renoises, so its samples differ from DDIM's for the same
+    start and depend on the renoising draws, while its mean stays the data's and, with many
+    steps, its spread converges to the data's s."""
+    m, s = 0.5, 0.3
+    denoise = gaussian_posterior_mean(m, s)
+    n = 20_000
+
+    def start(offset=0):
+        noise = SeededNoise(list(range(offset, offset + n)), dtype=torch.float64)
+        return noise, noise.randn((1,))
+
+    noise, z1 = start()
+    one_ddim = sample_ddim(denoise, z1.clone(), EMPTY, steps=1)
+    one_sto = sample_stochastic(denoise, z1.clone(), EMPTY, steps=1, noise=noise)
+    assert torch.equal(one_ddim, one_sto)
+    for steps in (2, 4, 8):
+        noise, z1 = start()
+        ddim = sample_ddim(denoise, z1.clone(), EMPTY, steps=steps)
+        sto = sample_stochastic(denoise, z1.clone(), EMPTY, steps=steps, noise=noise)
+        other = sample_stochastic(denoise, z1.clone(), EMPTY, steps=steps, noise=SeededNoise(list(range(n, 2 * n)), dtype=torch.float64))
+        assert (ddim - sto).abs().mean() > 0.01 and (sto - other).abs().mean() > 0.01
+        assert abs(sto.mean().item() - m) < 0.01
+    # with many steps the renoised chain still ends on the data distribution
+    noise, z1 = start()
+    assert abs(sample_stochastic(denoise, z1, EMPTY, steps=128, noise=noise).std().item() - s) < 0.02

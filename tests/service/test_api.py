@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from .servers import metric
@@ -181,3 +182,53 @@ def test_models_health_ready_metrics(service):
         assert name in text, name
     assert metric(text, "fewstep_live_workers") == 1
     assert metric(text, "fewstep_request_duration_seconds_count", {"endpoint": "/v1/generate", "steps": "1"}) >= 1
+
+
+def test_img2img_follows_the_strength_at_one_step(service):
+    """A 1-step student starts where the strength says (one stage-1 step to t = 0), not from
+    pure noise: the output stays near the input at low strength and moves away as it grows."""
+    src = source_image()
+    expected = np.asarray(src.resize((SIDE, SIDE), Image.Resampling.BOX)).astype(float)
+    dist, evals = {}, {}
+    for strength in (0.1, 0.5, 1.0):
+        r = post(service, "/v1/img2img", {"class_label": "red square", "image": png_b64(src), "strength": strength, "steps": 1, "seed": 3, "n": 4})
+        assert r.status_code == 200, r.text
+        dist[strength] = np.mean([np.sqrt(((pixels(b).astype(float) - expected) ** 2).mean()) for b in r.json()["images"]])
+        evals[strength] = r.json()["network_evaluations"]
+    assert dist[0.1] < dist[0.5] < dist[1.0], dist
+    assert dist[0.1] < 0.5 * dist[1.0], dist
+    assert evals == {0.1: 1, 0.5: 1, 1.0: 1}
+    r = post(service, "/v1/img2img", {"class_label": "red square", "image": png_b64(src), "strength": 0.6, "steps": 4})
+    assert r.json()["network_evaluations"] == 3  # two grid steps below t = 0.6, plus the partial step to t = 0.5
+
+
+def test_guidance_steers_what_the_4_step_student_draws(service):
+    """What a user relies on: asking for more guidance gets images that follow the class more,
+    as the teacher's do. Over HTTP, the 4-step student's adherence (the family's own evaluator)
+    rises from gamma 0 to gamma 4 by at least half of the teacher's rise in metrics.json."""
+    import json as _json
+
+    from model.builtin import BUILTIN_DIR
+    from training.config import DataConfig
+    from training.data.shapes import COLOURS, SHAPES, ShapesDataset
+    from training.evaluator import adherence, load_or_train_evaluator
+
+    family_dir = BUILTIN_DIR / "shapes"
+    dataset = ShapesDataset(DataConfig(kind="shapes", resolution=SIDE))
+    evaluator = load_or_train_evaluator(family_dir, dataset, 600)
+    result = {}
+    for gamma in (0.0, 4.0):
+        images, asked = [], []
+        for k, (colour, shape) in enumerate(dataset.combos):
+            for part in range(2):  # 16 images per class
+                r = post(service, "/v1/generate", {"class_label": k, "guidance": gamma, "steps": 4, "seed": 1000 + 16 * k + 8 * part, "n": 8})
+                assert r.status_code == 200, r.text
+                images += [pixels(b) for b in r.json()["images"]]
+                asked += [[SHAPES.index(shape), COLOURS.index(colour), -1, -1, -1]] * 8
+        x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        result[gamma] = adherence(evaluator.classify(x), torch.tensor(asked))
+    metrics = _json.loads((family_dir / "metrics.json").read_text())
+    ref = {r["guidance"]: r["adherence"] for r in metrics["rows"] if r["sampler"] == "teacher-ddim" and r["steps"] == metrics["reference"]["steps"]}
+    teacher_gain = ref[4.0] - ref[0.0]
+    assert teacher_gain > 0.05, ref  # the teacher itself responds to guidance
+    assert result[4.0] - result[0.0] >= 0.5 * teacher_gain, (result, ref)

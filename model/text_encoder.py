@@ -20,6 +20,8 @@ TEXT_DIM = 384
 
 
 class TextEncoder:
+    dim = TEXT_DIM
+
     def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None, fixed_batch: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -31,7 +31,8 @@ def test_export_fp16_subset_then_report(quick_run, tmp_path):
     cli("report", dest, "--out", docs)
     text = (docs / "quick.md").read_text()
     assert "| DDIM+CFG (teacher) | 256 | 512 |" in text and "| distilled | 1 | 1 |" in text
-    assert "distilled 4-step FID <= 1.2 x reference FID" in text and "held out" in text
+    assert "γ=1: distilled 4-step FID <= 1.2 x reference" in text and "held out" in text
+    assert "gamma response of stage1 >= 0.8" in text and "## img2img and inpainting" in text
     for png in ("quick-fid-vs-evals.png", "quick-fid-vs-adherence.png", "quick-samples-gamma1.png"):
         assert (docs / png).stat().st_size > 5000
 

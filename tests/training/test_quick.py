@@ -36,6 +36,19 @@ def test_quick_chain_writes_every_checkpoint_and_metrics(quick_run):
     assert {("distilled-stochastic", n) for n in (2, 4, 8)} <= samplers
     assert ("teacher-dpmpp2m", 4) in samplers and ("teacher-ddim", 256) in samplers
     assert {"seen", "held_out"} <= set(metrics["text_adherence"][0])
+    assert ("stage1", 16) in samplers
+    # the evaluation's schema: spreads over seed sets, KID, the floor, stochastic rows without RMSE
+    assert metrics["repeats"] == 2 and metrics["feature_dim"] == 64
+    assert metrics["fid_real_vs_real"] > 0 and metrics["fid_real_vs_real_std"] is not None
+    for row in metrics["rows"]:
+        assert row["fid_std"] is not None and row["kid"] is not None and row["kid_std"] is not None
+        assert (row["rmse_to_reference"] is None) == (row["sampler"] == "distilled-stochastic")
+        assert ("gamma_response" in row) == (row["sampler"] in ("stage1", "distilled"))
+        assert set(row["attribute_tv"]) == {"size", "position", "background"}
+    assert set(metrics["gamma_response"]) == {"stage1", *STUDENTS}
+    edits = metrics["edits"]
+    assert [r["evaluations"] for r in edits["img2img"] if r["steps"] == 4] == [1, 2, 2, 3, 4, 4]  # strengths 0.1, 0.3, 0.5, 0.7, 0.9, 1
+    assert all(r["kept_max_abs_diff"] == 0.0 for r in edits["inpaint"])
 
 
 def test_family_serves_class_text_img2img_and_inpainting(quick_run):

@@ -2,8 +2,8 @@
 
 One `Cond` batch serves every task of a family. The null condition of classifier-free
 guidance is label NULL_LABEL and an all-False text mask (the backbone substitutes its
-learned null token sequence). The inpainting context (masked image and mask, DESIGN.md
-section 1) is never dropped: both guidance branches see the same context.
+learned null token sequence). The inpainting context (masked image and mask, docs/design.md
+section 5) is never dropped: both guidance branches see the same context.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cosine variance-preserving schedule and the v/x/eps parametrisation (DESIGN.md section 1).
+"""Cosine variance-preserving schedule and the v/x/eps parametrisation (docs/design.md, section 1).
 
 Everything here is a pure function of tensors (or floats). Time t lies in [0, 1]:
 alpha_t = cos(pi t / 2), sigma_t = sin(pi t / 2), so alpha_t^2 + sigma_t^2 = 1, z_0 = x

@@ -2,9 +2,11 @@
 family's teacher, each printing the gamma response (training/response.py) it reaches.
 
     python -m benchmarks.gamma_pathway [--family model/builtin/shapes] [--steps 200] [--out FILE]
+        [--option PATHWAY,SCALE,LR,GAMMA_LR ...] [--clip]
 
-Options are (pathway, scale, lr, gamma_lr); every run draws the same batches, gammas and noise.
-Targets are left unclipped: where gamma enters does not depend on it.
+Options are (pathway, scale, lr, gamma_lr; "same" for one learning rate); every run draws the
+same batches, gammas and noise. Without --clip the targets are left unclipped (where gamma
+enters does not depend on it); --clip trains and measures as the recipes do in pixel space.
 """
 
 from __future__ import annotations
@@ -39,42 +41,53 @@ OPTIONS = [
 ]
 
 
+def _parse(text: str):
+    pathway, scale, lr, gamma_lr = text.split(",")
+    return pathway, float(scale), float(lr), None if gamma_lr == "same" else float(gamma_lr)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", type=Path, default=Path("model/builtin/shapes"))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--option", action="append", default=[], help="pathway,scale,lr,gamma_lr (repeatable; default: the built-in list)")
+    ap.add_argument("--clip", action="store_true")
     args = ap.parse_args(argv)
-    teacher, _ = load_checkpoint(args.family / "teacher")
+    options = [_parse(o) for o in args.option] or OPTIONS
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher, _ = load_checkpoint(args.family / "teacher", device)
     teacher.requires_grad_(False)
     recipe = Recipe.from_json((args.family / "recipe.json").read_text())
     data = DataConfig(**{**recipe.data.__dict__})
     dataset = build_dataset(data)
-    preparer = Preparer(dataset, build_autoencoder(recipe.autoencoder), 16, "cpu", 0.0)
+    preparer = Preparer(dataset, build_autoencoder(recipe.autoencoder).to(device), 16, device, 0.0)
     probe = dataset.batch(256, (424_242, 0))
     probe_x, probe_cond = preparer.x(probe), preparer.cond(probe, None)
     rows = []
-    for pathway, scale, lr, gamma_lr in OPTIONS:
+    for pathway, scale, lr, gamma_lr in options:
         torch.manual_seed(0)
-        student = gamma_student_from_teacher(teacher, recipe.gamma_embed_dim, pathway, scale)
+        student = gamma_student_from_teacher(teacher.cpu(), recipe.gamma_embed_dim, pathway, scale).to(device)
+        teacher.to(device)
         cfg = StageConfig(steps=args.steps, batch_size=64, lr=lr, gamma_lr=gamma_lr, ema_decay=0.0, warmup=20, save_every_s=1e9)
 
         def step(model, k):
             g = step_generator(7, k)
             batch = dataset.batch(cfg.batch_size, (int(torch.randint(0, 2**31 - 1, (1,), generator=g)), 0))
             cond = preparer.cond(batch, g, p_drop_each=0.3, drop_both=False)
-            return stage1_loss(model, teacher, preparer.x(batch), cond, gamma_range=recipe.guidance_range, weighting=recipe.weighting, g=g)
+            return stage1_loss(model, teacher, preparer.x(batch), cond, gamma_range=recipe.guidance_range, weighting=recipe.weighting, g=g, clip=args.clip)
 
         started = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-            trained = train("probe", student, step, cfg, Path(tmp), DistEnv())
-        r = gamma_response(trained.eval(), teacher, probe_x, probe_cond, gamma_range=recipe.guidance_range)
+            trained = train("probe", student, step, cfg, Path(tmp), DistEnv(device=device))
+        r = gamma_response(trained.eval(), teacher, probe_x, probe_cond, gamma_range=recipe.guidance_range, clip=args.clip)
         row = {"pathway": pathway, "scale": scale, "lr": lr, "gamma_lr": gamma_lr, "steps": args.steps, "seconds": round(time.time() - started, 1), **r}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
         lines = [f"# Gamma pathway probes ({args.steps} stage-1 steps, batch 64, from {args.family})", "",
-                 f"Measured on {platform.platform()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.", "",
+                 f"Measured on {platform.platform()}, device {device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+                 + ("clipped targets and clipped response (as the recipes train)." if args.clip else "unclipped targets and response."), "",
                  "| pathway | scale | lr | gamma lr | response t=0.3 | t=0.5 | t=0.7 | mean |", "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['pathway']} | {r['scale']:g} | {r['lr']:g} | {r['gamma_lr'] or 'same'} | {r['t=0.3']:.3f} | {r['t=0.5']:.3f} | {r['t=0.7']:.3f} | {r['mean']:.3f} |")

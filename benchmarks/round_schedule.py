@@ -33,7 +33,7 @@ from training.evaluator import frechet_distance, kernel_inception_distance, load
 from training.losses import distill_loss
 from training.loop import train
 from training.prepare import Preparer
-from training.response import gamma_response
+from training.response import gamma_response, response_times
 
 
 def main(argv=None) -> int:
@@ -119,7 +119,7 @@ def _measure(directory: Path, recipe: Recipe, n: int, args, device) -> dict:
         kid[str(g)] = summary([kernel_inception_distance(f, r) for f, r in zip(feats, real)])
     k = min(256, args.samples)
     x = family.autoencoder.encode(sets[0].real[:k].to(device))
-    resp = gamma_response(family.student(n), family.model("teacher"), x, sets[0].cond.index(slice(0, k)).to(device), gamma_range=recipe.guidance_range)
+    resp = gamma_response(family.student(n), family.model("teacher"), x, sets[0].cond.index(slice(0, k)).to(device), gamma_range=recipe.guidance_range, times=response_times(n), clip=family.info.clip_x)
     return {"fid": fid, "kid": kid, "gamma_response": resp["mean"]}
 
 

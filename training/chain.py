@@ -146,7 +146,7 @@ class Chain:
             return
         batch = self.dataset.batch(256, (424_242, 0))
         cond = self.preparer.cond(batch, None)
-        r = gamma_response(student, teacher, self.preparer.x(batch), cond, gamma_range=self.recipe.guidance_range, times=response_times(steps))
+        r = gamma_response(student, teacher, self.preparer.x(batch), cond, gamma_range=self.recipe.guidance_range, times=response_times(steps), clip=self.clip)
         print(f"[fewstep] {name}: gamma response {r['mean']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "mean") + ")", flush=True)
 
     def _distill(self, name, role, n, teacher, student, cfg: StageConfig, stage_id, parent, *, stochastic):

@@ -271,7 +271,7 @@ def _responses(family: Family, recipe: Recipe, ev: EvalSet, preparer: Preparer) 
     x = family.autoencoder.encode(ev.real[:n].to(family.device)) if family.info.resolution else ev.real[:n].to(family.device)
     cond = ev.cond.index(slice(0, n)).to(family.device)
     teacher = family.model("teacher")
-    return {name: gamma_response(family.model(name), teacher, x, cond, gamma_range=(lo, hi), times=response_times(steps)) for name, steps in names.items()}
+    return {name: gamma_response(family.model(name), teacher, x, cond, gamma_range=(lo, hi), times=response_times(steps), clip=family.info.clip_x) for name, steps in names.items()}
 
 
 def _edits(family: Family, dataset, ev: EvalSet, mode: str, n: int) -> dict:

@@ -29,8 +29,10 @@ def response_times(steps: int | None) -> tuple[float, ...]:
 
 
 @torch.no_grad()
-def gamma_response(student: Denoiser, teacher: Denoiser, x: torch.Tensor, cond: Cond, *, gamma_range, times=RESPONSE_TIMES, seed: int = 0) -> dict:
-    """{"t=0.3": r, ..., "mean": mean over t} for clean samples x (z-space) and their conditions."""
+def gamma_response(student: Denoiser, teacher: Denoiser, x: torch.Tensor, cond: Cond, *, gamma_range, times=RESPONSE_TIMES, seed: int = 0, clip: bool = False) -> dict:
+    """{"t=0.3": r, ..., "mean": mean over t} for clean samples x (z-space) and their conditions.
+    With `clip` (pixel space), both predictions are clipped to [-1, 1] first, as the students'
+    targets and every sampler clip them."""
     lo, hi = (float(g) for g in gamma_range)
     if hi <= lo:
         raise ValueError(f"gamma response needs gamma_max > gamma_min, got {gamma_range}")
@@ -40,8 +42,9 @@ def gamma_response(student: Denoiser, teacher: Denoiser, x: torch.Tensor, cond: 
         eps = torch.randn(x.shape, generator=g).to(x.device)
         t = torch.full((x.shape[0],), float(t_val), device=x.device)
         z = schedule.diffuse(x=x, eps=eps, t=t)
-        teacher_move = guided(teacher, hi)(z, t, cond) - guided(teacher, lo)(z, t, cond)
-        student_move = student(z, t, cond, hi) - student(z, t, cond, lo)
+        c = (lambda v: v.clamp(-1.0, 1.0)) if clip else (lambda v: v)
+        teacher_move = c(guided(teacher, hi)(z, t, cond)) - c(guided(teacher, lo)(z, t, cond))
+        student_move = c(student(z, t, cond, hi)) - c(student(z, t, cond, lo))
         out[f"t={t_val:g}"] = float(student_move.norm() / teacher_move.norm().clamp_min(1e-12))
     out["mean"] = sum(out.values()) / len(times)
     return out

@@ -6,7 +6,7 @@ import torch
 
 from model.denoiser import Denoiser
 from model.guidance import guided
-from training.response import gamma_response
+from training.response import gamma_response, response_times
 
 from ..model.conftest import TINY_UNET, randomise, tiny_cond
 
@@ -29,6 +29,16 @@ def test_gamma_response_measures_how_far_a_student_follows_gamma(scale):
     r = gamma_response(Student(teacher, scale), teacher, x, tiny_cond(8), gamma_range=(0.0, 4.0))
     assert set(r) == {"t=0.3", "t=0.5", "t=0.7", "mean"}
     assert r["mean"] == pytest.approx(scale, abs=1e-4)
+    # clipped (pixel space): following the teacher is still 1, ignoring gamma still 0
+    r = gamma_response(Student(teacher, scale), teacher, x, tiny_cond(8), gamma_range=(0.0, 4.0), clip=True)
+    assert r["mean"] == pytest.approx(scale, abs=1e-4) if scale in (0.0, 1.0) else 0.0 < r["mean"] < 1.0
+
+
+def test_an_n_step_student_is_measured_on_its_own_grid():
+    assert response_times(None) == (0.3, 0.5, 0.7)
+    assert response_times(4) == (0.25, 0.5, 0.75)
+    assert response_times(2) == (0.5,)
+    assert response_times(1) == (1.0,)
 
 
 def test_gamma_response_needs_a_range():

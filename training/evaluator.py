@@ -171,7 +171,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussian fits (Heusel et al. 2017)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean, _ = linalg.sqrtm(s_a @ s_b, disp=False)
+    covmean = linalg.sqrtm(s_a @ s_b)  # (scipy >= 1.16 dropped the `disp` flag and its tuple)
     if not np.isfinite(covmean).all():
         eps = np.eye(s_a.shape[0]) * 1e-6
         covmean = linalg.sqrtm((s_a + eps) @ (s_b + eps))

@@ -19,7 +19,7 @@ from .conditioning import NULL_LABEL, Cond
 from .family import Family, FamilyInfo
 from .guidance import clipped, gamma_conditioned, inpainting
 from .noise import SeededNoise
-from .samplers import img2img_start, off_grid, sample_ddim, sample_stochastic, step_to_grid
+from .samplers import img2img_evaluations, img2img_start, off_grid, sample_ddim, sample_stochastic, step_to_grid
 
 
 @dataclass
@@ -93,11 +93,16 @@ class Pipeline:
             text, text_mask = text.to(dev, dtype), text_mask.to(dev)
         context = None
         if fam.info.inpainting:
-            side = fam.info.resolution
-            images = torch.stack([r.image if r.mask is not None else torch.zeros(3, side, side) for r in requests]).to(dev, dtype)
-            masks = torch.stack([r.mask if r.mask is not None else torch.ones(side, side) for r in requests]).to(dev, dtype)
-            context = encode_inpaint_context(fam.autoencoder, images, masks)
+            context = encode_inpaint_context(fam.autoencoder, *self._images_and_masks(requests))
         return Cond(labels=labels, text=text, text_mask=text_mask, context=context)
+
+    def _images_and_masks(self, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) images and (B, H, W) repaint masks: the request's for inpainting, else
+        nothing kept and everything repainted."""
+        fam, side = self.family, self.family.info.resolution
+        images = torch.stack([r.image if r.mask is not None else torch.zeros(3, side, side) for r in requests])
+        masks = torch.stack([r.mask if r.mask is not None else torch.ones(side, side) for r in requests])
+        return images.to(fam.device, fam.dtype), masks.to(fam.device, fam.dtype)
 
     @torch.no_grad()
     def generate(self, requests: list[Request], *, steps: int, stochastic: bool = False) -> torch.Tensor:
@@ -118,8 +123,7 @@ class Pipeline:
         t = 1, plus one partial step when the strength falls between grid points."""
         if request.image is None or request.mask is not None or request.strength >= 1.0:
             return steps
-        _, t, start = img2img_start(torch.zeros(1, 1), request.strength, steps, SeededNoise([0]))
-        return int(start) + int(off_grid(t, start, steps))
+        return img2img_evaluations(request.strength, steps)
 
     def _generate(self, requests: list[Request], steps: int, stochastic: bool) -> torch.Tensor:
         fam = self.family
@@ -140,12 +144,13 @@ class Pipeline:
         noise = SeededNoise.cat(noises)
         gamma = torch.tensor([r.guidance for r in requests], device=fam.device, dtype=fam.dtype)
         cond = self.cond(requests)
+        known = self._known_region(requests)
         z, t, start = torch.cat(zs), torch.cat(ts), torch.cat(starts)
         if off_grid(t, start, steps).any():  # img2img between grid points: one step of the stage-1 student
             first = fam.model("stage1") if "stage1" in fam.info.checkpoints else student
-            z = step_to_grid(self._denoiser(first, gamma, requests), z, cond, t=t, start=start, steps=steps)
+            z = step_to_grid(self._denoiser(first, gamma, known), z, cond, t=t, start=start, steps=steps)
         sampler = sample_stochastic if stochastic else sample_ddim
-        z = sampler(self._denoiser(student, gamma, requests), z, cond, steps=steps, start=start, noise=noise)
+        z = sampler(self._denoiser(student, gamma, known), z, cond, steps=steps, start=start, noise=noise)
         images = fam.autoencoder.decode(z).clamp(-1, 1)
         for k, r in enumerate(requests):  # inpainting keeps the unmasked pixels exactly
             if r.mask is not None:
@@ -153,19 +158,20 @@ class Pipeline:
                 images[k] = m * images[k] + (1 - m) * r.image.to(images)
         return images
 
-    def _denoiser(self, student, gamma: torch.Tensor, requests: list[Request]):
+    def _known_region(self, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x_known in z-space, keep mask) for a batch with inpainting requests, else None."""
+        if not any(r.mask is not None for r in requests):
+            return None
+        images, masks = self._images_and_masks(requests)
+        x_known, repaint = self.family.autoencoder.encode(images), masks[:, None]
+        if x_known.shape[-1] != repaint.shape[-1]:  # latent: a latent cell is kept only if all its pixels are
+            repaint = torch.nn.functional.adaptive_max_pool2d(repaint, x_known.shape[-2:])
+        return x_known, repaint < 0.5
+
+    def _denoiser(self, student, gamma: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor] | None):
         """The student at each request's gamma; pixel families clip x_hat to [-1, 1]; inpainting
         requests keep their known region in x_hat at every step."""
-        fam = self.family
         denoise = gamma_conditioned(student, gamma)
-        if fam.info.clip_x:
+        if self.family.info.clip_x:
             denoise = clipped(denoise)
-        if any(r.mask is not None for r in requests):
-            side = fam.info.resolution
-            images = torch.stack([r.image if r.mask is not None else torch.zeros(3, side, side) for r in requests]).to(fam.device, fam.dtype)
-            repaint = torch.stack([r.mask if r.mask is not None else torch.ones(side, side) for r in requests]).to(fam.device, fam.dtype)[:, None]
-            x_known = fam.autoencoder.encode(images)
-            if x_known.shape[-1] != side:  # latent: a latent cell is kept only if all its pixels are
-                repaint = torch.nn.functional.adaptive_max_pool2d(repaint, x_known.shape[-2:])
-            denoise = inpainting(denoise, x_known, repaint < 0.5)
-        return denoise
+        return denoise if known is None else inpainting(denoise, *known)

@@ -122,10 +122,23 @@ def img2img_start(
     strength = torch.as_tensor(strength, dtype=torch.float32).expand(x.shape[0]).to(x.device)
     if ((strength <= 0) | (strength > 1)).any():
         raise ValueError("strength must lie in (0, 1]")
-    start = torch.floor(strength * steps + 1e-6).long().clamp(0, steps)
+    start = grid_start(strength, steps)
     eps = noise.randn(tuple(x.shape[1:]))
     t = strength.clamp_min(1e-4).to(x.dtype)  # sigma_t > 0 even in half precision
     return schedule.diffuse(x=x, eps=eps, t=t), t, start
+
+
+def grid_start(strength: torch.Tensor, steps: int) -> torch.Tensor:
+    """The grid index i = floor(strength N) at or below t = strength."""
+    return torch.floor(strength * steps + 1e-6).long().clamp(0, steps)
+
+
+def img2img_evaluations(strength: float, steps: int) -> int:
+    """Network evaluations of an img2img request: the grid steps below t = strength, plus the
+    partial step when the strength falls between grid points."""
+    t = torch.tensor([float(strength)])
+    start = grid_start(t, steps)
+    return int(start) + int(off_grid(t, start, steps))
 
 
 def off_grid(t: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:

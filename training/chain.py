@@ -73,7 +73,7 @@ class Chain:
         self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob)
         self.network = resolve_network(recipe, self.dataset, self.preparer)
         self.checkpoints: dict[str, dict] = {}
-        self.clip = self.dataset.resolution is not None and recipe.autoencoder.kind == "identity"  # pixel space
+        self.clip = family_info(recipe, self.dataset, {}).clip_x  # pixel space: x_hat clipped to [-1, 1]
         both = self.dataset.num_classes and self.dataset.has_text
         self.p_drop_distill = recipe.p_drop_each if both else 0.0
 

@@ -167,16 +167,17 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     floor_kid = [kernel_inception_distance(f, real_feats[r % repeats]) for r, f in enumerate(floor_feats)]
     # attribute distributions are compared as the evaluator sees them, in samples and real images alike
     other_attrs = _attr_names(dataset, mode)
-    real_pred = [evaluator.classify(s.real) for s in sets] if other_attrs else []
+    real_pred = [evaluator.classify(s.real) for s in sets] if mode != "free-text" else []
+    floor_pred = [evaluator.classify(f.real) for f in floor_sets] if other_attrs else []
     floor_attr = {}
     for a in other_attrs:
         k = len(dataset.attributes[a].values)
-        floor_attr[dataset.attributes[a].name] = summary([attribute_distance(evaluator.classify(f.real)[:, a], real_pred[r % repeats][:, a], k) for r, f in enumerate(floor_sets)])
+        floor_attr[dataset.attributes[a].name] = summary([attribute_distance(f[:, a], real_pred[r % repeats][:, a], k) for r, f in enumerate(floor_pred)])
     responses = _responses(family, recipe, sets[0], preparer)
     if mode == "free-text":  # the evaluator's own ceiling: adherence of the real images
         adherence_real = evaluator.retrieval(sets[0].real, sets[0].cond.text, sets[0].cond.text_mask, sets[0].captions) if evaluator.has_text else None
     else:
-        adherence_real = adherence(evaluator.classify(sets[0].real), sets[0].asked) if sets[0].asked is not None else None
+        adherence_real = adherence(real_pred[0], sets[0].asked) if sets[0].asked is not None else None
 
     rows = []
     for gamma in e.guidance:

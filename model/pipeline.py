@@ -19,6 +19,7 @@ from .conditioning import NULL_LABEL, Cond
 from .family import Family, FamilyInfo
 from .guidance import clipped, gamma_conditioned, inpainting
 from .noise import SeededNoise
+from .schedule import time_grid
 from .samplers import img2img_evaluations, img2img_start, off_grid, sample_ddim, sample_stochastic, step_to_grid
 
 
@@ -123,18 +124,19 @@ class Pipeline:
         t = 1, plus one partial step when the strength falls between grid points."""
         if request.image is None or request.mask is not None or request.strength >= 1.0:
             return steps
-        return img2img_evaluations(request.strength, steps)
+        return img2img_evaluations(request.strength, time_grid(steps))
 
     def _generate(self, requests: list[Request], steps: int, stochastic: bool) -> torch.Tensor:
         fam = self.family
         student = fam.student(steps, stochastic)
+        grid = time_grid(steps)
         shape = (self.z_channels, self.z_side, self.z_side)
         noises, zs, ts, starts = [], [], [], []
         for r in requests:
             noise = SeededNoise([r.seed], fam.device, fam.dtype)
             if r.image is not None and r.mask is None and r.strength < 1.0:
                 x = fam.autoencoder.encode(r.image[None].to(fam.device, fam.dtype))
-                z, t, start = img2img_start(x, r.strength, steps, noise)
+                z, t, start = img2img_start(x, r.strength, grid, noise)
             else:
                 z, t, start = noise.randn(shape), torch.ones(1), torch.tensor([steps])
             noises.append(noise)
@@ -146,11 +148,11 @@ class Pipeline:
         cond = self.cond(requests)
         known = self._known_region(requests)
         z, t, start = torch.cat(zs), torch.cat(ts), torch.cat(starts)
-        if off_grid(t, start, steps).any():  # img2img between grid points: one step of the stage-1 student
+        if off_grid(t, start, grid).any():  # img2img between grid points: one step of the stage-1 student
             first = fam.model("stage1") if "stage1" in fam.info.checkpoints else student
-            z = step_to_grid(self._denoiser(first, gamma, known), z, cond, t=t, start=start, steps=steps)
+            z = step_to_grid(self._denoiser(first, gamma, known), z, cond, t=t, start=start, grid=grid)
         sampler = sample_stochastic if stochastic else sample_ddim
-        z = sampler(self._denoiser(student, gamma, known), z, cond, steps=steps, start=start, noise=noise)
+        z = sampler(self._denoiser(student, gamma, known), z, cond, grid=grid, start=start, noise=noise)
         images = fam.autoencoder.decode(z).clamp(-1, 1)
         for k, r in enumerate(requests):  # inpainting keeps the unmasked pixels exactly
             if r.mask is not None:

@@ -1,16 +1,21 @@
-"""Samplers over a denoiser callable (z_t, t, cond) -> x_hat, all with one signature:
+"""Samplers over a denoiser callable (z_t, t, cond) -> x_hat, all with one signature (as
+k-diffusion's samplers take `sigmas` and `callback`):
 
-    sampler(denoise, z, cond, *, steps, start=None, noise=None) -> x
+    sampler(denoise, z, cond, *, grid, start=None, noise=None, callback=None) -> x
 
-`z` is the starting point: pure noise at t = 1, or (img2img) a noised image at t = start/steps.
-`start` (B,) holds, per sample, the grid index i to start from (t = i/steps; default steps);
-a sample waits, unchanged, until the loop reaches its start. The grid is uniform in t,
-t_i = i / steps, which is the grid the distilled students were trained on.
+`grid` (N + 1,) holds the times t_0 = 0 < t_1 < ... < t_N = 1; a sampler steps from t_i to
+t_{i-1}, i = N..1. Build it once with `schedule.time_grid(N)`: the uniform grid t_i = i / N
+that the distilled students were trained on. `z` is the starting point: pure noise at t = 1,
+or (img2img) a noised image at t_start. `start` (B,) holds, per sample, the grid index i to
+start from (default N); a sample waits, unchanged, until the loop reaches its start.
+`callback(k, n, x_hat)`, when given, is called after every step k = 0..n-1 (n = N) with that
+step's prediction of the clean sample (progress previews).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -20,9 +25,21 @@ from .guidance import Denoise
 from .noise import SeededNoise
 
 
+Callback = Callable[[int, int, torch.Tensor], None]
+
+
+def _grid_steps(grid: torch.Tensor) -> int:
+    if grid.ndim != 1 or len(grid) < 2:
+        raise ValueError(f"a time grid holds N + 1 >= 2 times t_0 < ... < t_N, got shape {tuple(grid.shape)}")
+    return len(grid) - 1
+
+
+def _t(grid: torch.Tensor, i: int, z: torch.Tensor) -> torch.Tensor:
+    """Grid time t_i for every sample of z, in z's dtype."""
+    return torch.full((z.shape[0],), float(grid[i]), dtype=z.dtype, device=z.device)
+
+
 def _start(start: torch.Tensor | None, steps: int, z: torch.Tensor) -> torch.Tensor:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     if start is None:
         return torch.full((z.shape[0],), steps, dtype=torch.long, device=z.device)
     return start.to(z.device)
@@ -32,43 +49,47 @@ def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     return torch.where(schedule.expand_like(mask, a).bool(), a, b)
 
 
-def sample_ddim(denoise: Denoise, z: torch.Tensor, cond: Cond, *, steps: int, start=None, noise=None) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12 with eta = 0) on the uniform grid; teacher+CFG or a distilled student."""
+def sample_ddim(denoise: Denoise, z: torch.Tensor, cond: Cond, *, grid: torch.Tensor, start=None, noise=None, callback: Callback | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12 with eta = 0) on the grid; teacher+CFG or a distilled student."""
+    steps = _grid_steps(grid)
     start = _start(start, steps, z)
     for i in range(steps, 0, -1):
         active = start >= i
         if not active.any():
             continue
-        t = torch.full((z.shape[0],), i / steps, dtype=z.dtype, device=z.device)
-        s = torch.full_like(t, (i - 1) / steps)
+        t, s = _t(grid, i, z), _t(grid, i - 1, z)
         x_hat = denoise(z, t, cond)
         z = _where(active, schedule.ddim_step(z_t=z, x_hat=x_hat, t=t, s=s), z)
+        if callback is not None:
+            callback(steps - i, steps, x_hat)
     return z
 
 
 def sample_stochastic(
-    denoise: Denoise, z: torch.Tensor, cond: Cond, *, steps: int, start=None, noise: SeededNoise | None = None
+    denoise: Denoise, z: torch.Tensor, cond: Cond, *, grid: torch.Tensor, start=None, noise: SeededNoise | None = None, callback: Callback | None = None
 ) -> torch.Tensor:
-    """N-step stochastic sampling (Meng et al. 2023, sec. 4.2): from t = i/N take a deterministic
-    step of length 2/N to u = (i-2)/N, then noise forward to s = (i-1)/N; the last step is plain."""
+    """N-step stochastic sampling (Meng et al. 2023, sec. 4.2): from t_i take a deterministic
+    step of two grid intervals to u = t_{i-2}, then noise forward to s = t_{i-1}; the last step is plain."""
     if noise is None:
         raise ValueError("stochastic sampling needs per-sample noise (a SeededNoise)")
+    steps = _grid_steps(grid)
     start = _start(start, steps, z)
     for i in range(steps, 0, -1):
         active = start >= i
         xi = noise.randn(tuple(z.shape[1:])) if i > 1 else None  # drawn every step: a seed's noise never depends on its batch
         if not active.any():
             continue
-        t = torch.full((z.shape[0],), i / steps, dtype=z.dtype, device=z.device)
-        s = torch.full_like(t, (i - 1) / steps)
+        t, s = _t(grid, i, z), _t(grid, i - 1, z)
         x_hat = denoise(z, t, cond)
         if i > 1:
-            u = torch.full_like(t, (i - 2) / steps)
+            u = _t(grid, i - 2, z)
             z_u = schedule.ddim_step(z_t=z, x_hat=x_hat, t=t, s=u)
             z_next = schedule.renoise(z_u=z_u, u=u, s=s, xi=xi)
         else:
             z_next = schedule.ddim_step(z_t=z, x_hat=x_hat, t=t, s=s)
         z = _where(active, z_next, z)
+        if callback is not None:
+            callback(steps - i, steps, x_hat)
     return z
 
 
@@ -77,9 +98,10 @@ def _half_logsnr(t: float) -> float:
     return math.log(math.cos(0.5 * math.pi * t)) - math.log(math.sin(0.5 * math.pi * t))
 
 
-def sample_dpmpp_2m(denoise: Denoise, z: torch.Tensor, cond: Cond, *, steps: int, start=None, noise=None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in data prediction, on the uniform grid;
+def sample_dpmpp_2m(denoise: Denoise, z: torch.Tensor, cond: Cond, *, grid: torch.Tensor, start=None, noise=None, callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in data prediction, on the grid;
     first order on each sample's first step and on the final step to t = 0."""
+    steps = _grid_steps(grid)
     start = _start(start, steps, z)
     x_prev = None
     h_prev = None
@@ -88,8 +110,8 @@ def sample_dpmpp_2m(denoise: Denoise, z: torch.Tensor, cond: Cond, *, steps: int
         active = start >= i
         if not active.any():
             continue
-        t_val, s_val = i / steps, (i - 1) / steps
-        t = torch.full((z.shape[0],), t_val, dtype=z.dtype, device=z.device)
+        t_val, s_val = float(grid[i]), float(grid[i - 1])
+        t = _t(grid, i, z)
         x_hat = denoise(z, t, cond)
         if i == 1:  # sigma_0 = 0: the first-order step lands on x_hat
             z_next = x_hat
@@ -107,6 +129,8 @@ def sample_dpmpp_2m(denoise: Denoise, z: torch.Tensor, cond: Cond, *, steps: int
         z = _where(active, z_next, z)
         x_prev = x_hat
         has_prev = has_prev | active
+        if callback is not None:
+            callback(steps - i, steps, x_hat)
     return z
 
 
@@ -114,47 +138,48 @@ SAMPLERS = {"ddim": sample_ddim, "stochastic": sample_stochastic, "dpmpp2m": sam
 
 
 def img2img_start(
-    x: torch.Tensor, strength: torch.Tensor | float, steps: int, noise: SeededNoise
+    x: torch.Tensor, strength: torch.Tensor | float, grid: torch.Tensor, noise: SeededNoise
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Start img2img at exactly t = strength: z = alpha_t x + sigma_t eps. Returns (z, t, start),
-    start the grid index i = floor(strength N) at or below t (0 when t < 1/N). A sample whose t
-    lies between grid points needs one partial step to i/N first (`step_to_grid`)."""
+    start the index of the grid time at or below t (0 when t < t_1). A sample whose t lies
+    between grid times needs one partial step down to t_start first (`step_to_grid`)."""
     strength = torch.as_tensor(strength, dtype=torch.float32).expand(x.shape[0]).to(x.device)
     if ((strength <= 0) | (strength > 1)).any():
         raise ValueError("strength must lie in (0, 1]")
-    start = grid_start(strength, steps)
+    start = grid_start(strength, grid)
     eps = noise.randn(tuple(x.shape[1:]))
     t = strength.clamp_min(1e-4).to(x.dtype)  # sigma_t > 0 even in half precision
     return schedule.diffuse(x=x, eps=eps, t=t), t, start
 
 
-def grid_start(strength: torch.Tensor, steps: int) -> torch.Tensor:
-    """The grid index i = floor(strength N) at or below t = strength."""
-    return torch.floor(strength * steps + 1e-6).long().clamp(0, steps)
+def grid_start(strength: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The index i of the grid time t_i at or below t = strength (within 1e-6)."""
+    index = torch.searchsorted(grid.to(strength.device), strength.double() + 1e-6, right=True) - 1
+    return index.clamp(0, len(grid) - 1)
 
 
-def img2img_evaluations(strength: float, steps: int) -> int:
+def img2img_evaluations(strength: float, grid: torch.Tensor) -> int:
     """Network evaluations of an img2img request: the grid steps below t = strength, plus the
-    partial step when the strength falls between grid points."""
+    partial step when the strength falls between grid times."""
     t = torch.tensor([float(strength)])
-    start = grid_start(t, steps)
-    return int(start) + int(off_grid(t, start, steps))
+    start = grid_start(t, grid)
+    return int(start) + int(off_grid(t, start, grid))
 
 
-def off_grid(t: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
-    """Which samples start between grid points (t > start / steps)."""
-    return t > start.to(t.dtype) / steps + 1e-6
+def off_grid(t: torch.Tensor, start: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Which samples start between grid times (t > t_start)."""
+    return t.double() > grid.to(t.device)[start] + 1e-6
 
 
-def step_to_grid(denoise: Denoise, z: torch.Tensor, cond: Cond, *, t: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
-    """One DDIM step from each sample's own t down to its grid point start / steps, for samples
-    that start off the grid (others are returned unchanged). `denoise` must be good at any t:
-    the stage-1 student, which was trained on t ~ U[0, 1]."""
+def step_to_grid(denoise: Denoise, z: torch.Tensor, cond: Cond, *, t: torch.Tensor, start: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """One DDIM step from each sample's own t down to its grid time t_start, for samples that
+    start off the grid (others are returned unchanged). `denoise` must be good at any t: the
+    stage-1 student, which was trained on t ~ U[0, 1]."""
     start = start.to(z.device)
-    move = off_grid(t, start, steps)
+    move = off_grid(t, start, grid)
     if not move.any():
         return z
-    s = start.to(z.dtype) / steps
+    s = grid.to(z.device)[start].to(z.dtype)
     x_hat = denoise(z, t, cond)
     return _where(move, schedule.ddim_step(z_t=z, x_hat=x_hat, t=t, s=s), z)
 

@@ -90,6 +90,14 @@ def sigma_s_given_u(*, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return var.clamp_min(0.0).sqrt()
 
 
+def time_grid(steps: int) -> torch.Tensor:
+    """The sampling grid (steps + 1,) in float64: t_i = i / steps, i = 0..steps (what the
+    distilled students were trained on; every sampler steps from t_i to t_{i-1})."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return torch.arange(steps + 1, dtype=torch.float64) / steps
+
+
 def loss_weight(t: torch.Tensor, weighting: str) -> torch.Tensor:
     """Weight on the v-space squared error for a given x-space weighting w(lambda_t).
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model import schedule
 from model.checkpoint import CheckpointError, write_json
 from model.conditioning import Cond
 from model.family import Family
@@ -95,6 +96,7 @@ def denoiser_for(family: Family, sampler: str, steps: int, gamma: float):
 
 def generate(family: Family, sampler: str, steps: int, gamma: float, ev: EvalSet, batch_size: int, shape: tuple) -> torch.Tensor:
     denoise, fn = denoiser_for(family, sampler, steps, gamma)
+    grid = schedule.time_grid(steps)
     out = []
     n = len(ev.seeds)
     cond = ev.cond.to(family.device)
@@ -103,7 +105,7 @@ def generate(family: Family, sampler: str, steps: int, gamma: float, ev: EvalSet
             idx = slice(lo, min(n, lo + batch_size))
             noise = SeededNoise(ev.seeds[idx], family.device)
             z = noise.randn(shape)
-            z = fn(denoise, z, cond.index(idx), steps=steps, noise=noise)
+            z = fn(denoise, z, cond.index(idx), grid=grid, noise=noise)
             out.append((family.autoencoder.decode(z).clamp(-1, 1) if family.info.resolution else z).float().cpu())
     return torch.cat(out)
 

@@ -23,6 +23,7 @@ def outputs() -> dict[str, torch.Tensor]:
     from model.noise import SeededNoise
     from model.pipeline import Pipeline, Request
     from model.samplers import sample_ddim, sample_dpmpp_2m, sample_stochastic
+    from model.schedule import time_grid
 
     family = Family(builtin_families()["shapes"])
     pipe = Pipeline(family, fixed_batch=4)
@@ -47,9 +48,9 @@ def outputs() -> dict[str, torch.Tensor]:
     z = noise.randn((3, side, side))
     cond = Cond(labels=torch.tensor([0, 3]), context=full_mask_context(2, 3, side, side))
     denoise = clipped(guided(teacher, 2.0))
-    out["teacher-ddim-8"] = sample_ddim(denoise, z.clone(), cond, steps=8)
-    out["teacher-dpmpp2m-4"] = sample_dpmpp_2m(denoise, z.clone(), cond, steps=4)
-    out["teacher-stochastic-4"] = sample_stochastic(denoise, z.clone(), cond, steps=4, noise=SeededNoise([62, 63]))
+    out["teacher-ddim-8"] = sample_ddim(denoise, z.clone(), cond, grid=time_grid(8))
+    out["teacher-dpmpp2m-4"] = sample_dpmpp_2m(denoise, z.clone(), cond, grid=time_grid(4))
+    out["teacher-stochastic-4"] = sample_stochastic(denoise, z.clone(), cond, grid=time_grid(4), noise=SeededNoise([62, 63]))
     return {k: v.detach().float().contiguous() for k, v in out.items()}
 
 

@@ -89,6 +89,7 @@ def test_inpainting_keeps_the_known_region_on_its_noising_path_at_every_step():
     before any pixels are pasted back; the repainted part is the model's."""
     from model import schedule
     from model.samplers import sample_ddim
+    from model.schedule import time_grid
 
     g = torch.Generator().manual_seed(0)
     x_known = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
@@ -101,7 +102,7 @@ def test_inpainting_keeps_the_known_region_on_its_noising_path_at_every_step():
         seen.append((t[0].item(), z.clone()))
         return torch.tanh(z)  # any x_hat
 
-    out = sample_ddim(inpainting(model, x_known, keep), z1.clone(), None, steps=5)
+    out = sample_ddim(inpainting(model, x_known, keep), z1.clone(), None, grid=time_grid(5))
     kept = keep.expand_as(out)
     assert torch.allclose(out[kept], x_known[kept], atol=1e-12)
     for t_val, z in seen:

@@ -7,6 +7,7 @@ from model.conditioning import Cond
 from model.denoiser import Denoiser, gamma_student_from_teacher
 from model.guidance import gamma_conditioned, guided
 from model.noise import SeededNoise
+from model.schedule import time_grid
 from model.samplers import sample_ddim, sample_stochastic
 
 
@@ -36,9 +37,9 @@ def test_tiny_autoencoderkl_latent_path():
     with torch.no_grad():
         noise = SeededNoise([1, 2])
         z = noise.randn((4, 8, 8))
-        out_t = sample_ddim(guided(teacher.eval(), 1.0), z, cond, steps=2)
-        out_s = sample_ddim(gamma_conditioned(student, 1.0), z, cond, steps=2)
+        out_t = sample_ddim(guided(teacher.eval(), 1.0), z, cond, grid=time_grid(2))
+        out_s = sample_ddim(gamma_conditioned(student, 1.0), z, cond, grid=time_grid(2))
         assert out_t.shape == out_s.shape == (2, 4, 8, 8)
         assert torch.isfinite(out_s).all()
-        decoded = ae.decode(sample_stochastic(gamma_conditioned(student, 1.0), z, cond, steps=2, noise=noise))
+        decoded = ae.decode(sample_stochastic(gamma_conditioned(student, 1.0), z, cond, grid=time_grid(2), noise=noise))
     assert decoded.shape == (2, 3, 16, 16)

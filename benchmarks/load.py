@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.service.servers import RedisServer, Service, WorkerProcess
+from service.testing import RedisServer, Service, WorkerProcess
 
 GAMMAS = [0.0, 0.3, 1.0, 2.0, 4.0]
 PROMPTS = ["a red circle", "a green square on a white background", "a blue cross", "a yellow triangle", "a big red square"]

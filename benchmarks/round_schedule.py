@@ -19,13 +19,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.family import Family
 from training.chain import TEXT_LEN
-from training.config import Recipe, StageConfig
+from training.config import Recipe
 from training.data import build_dataset, step_generator
 from training.distributed import DistEnv
 from training.evaluate import EvalSet, _z_shape, generate, summary

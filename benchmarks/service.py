@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.servers import RedisServer, Service
+from service.testing import RedisServer, Service
 
 PROMPTS = ["a red circle", "a green square", "a blue cross", "a yellow triangle", "a red square on a black background"]
 

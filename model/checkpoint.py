@@ -8,10 +8,6 @@ Weights are safetensors only, never pickle.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,67 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from .config_io import ConfigError
 from .denoiser import Denoiser
+from .files import VERSION, CheckpointError, atomic_dir, read_json
 
 CHECKPOINT_FORMAT = "fewstep.checkpoint"
-FAMILY_FORMAT = "fewstep.family"
-VERSION = 1
-ROLES = ("teacher", "stage1", "distilled", "stochastic", "autoencoder")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or family directory is missing, incomplete or corrupt."""
-
-
-@contextmanager
-def atomic_dir(target: Path):
-    """Yield a temporary directory beside `target`; on success it replaces `target` in one rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what}: {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{what}: {path} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what}: {path} must hold a JSON object")
-    return data
+ROLES = ("teacher", "stage1", "distilled", "stochastic")
 
 
 def save_tensors(directory: Path, tensors: dict[str, torch.Tensor], config: dict, dtype: torch.dtype | None = None) -> None:

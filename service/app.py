@@ -1,4 +1,8 @@
-"""The FastAPI application: state, lifespan (Redis, models, in-process workers), middleware."""
+"""The FastAPI application: lifespan (Redis, models, in-process workers), middleware, routes.
+
+The API process imports no torch: it validates requests from the family manifests and
+queues them. Only in-process workers (`workers` > 0) load service.worker, and torch with it.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,22 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import metrics
-from .jobs import BadRequest
+from . import errors, metrics
+from .openai_routes import router as openai_router
 from .queue import RedisQueue
-from .registry import Registry, UnknownModel
+from .registry import Registry
+from .routes import router
 from .settings import Settings
+from .state import State
 
 log = logging.getLogger("fewstep.api")
 access = logging.getLogger("fewstep.access")
-
-
-@dataclass
-class State:
-    settings: Settings
-    registry: Registry
-    queue: RedisQueue
-    ready: bool = False
-    startup_error: str | None = None
-    tasks: list = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class BodyLimit:
@@ -67,7 +60,7 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send):
         metrics.ERRORS.labels(status="413").inc()
-        response = JSONResponse({"detail": f"request body is larger than {self.max_bytes} bytes"}, status_code=413)
+        response = errors.error_response(scope.get("path", ""), 413, f"request body is larger than {self.max_bytes} bytes")
         await response(scope, receive, send)
 
 
@@ -127,24 +120,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
             metrics.ERRORS.labels(status=str(response.status_code)).inc()
         return response
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, exc: BadRequest):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-
-    @app.exception_handler(UnknownModel)
-    async def unknown_model(request: Request, exc: UnknownModel):
-        return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
-
-    async def redis_down(request: Request, exc: Exception):
-        log.warning("Redis unreachable: %s", exc)
-        return JSONResponse({"detail": "the request queue (Redis) is unreachable; retry shortly"}, status_code=503, headers={"Retry-After": "2"})
-
-    for kind in (RedisConnectionError, RedisTimeoutError):
-        app.add_exception_handler(kind, redis_down)
-
-    from .openai_routes import router as openai_router
-    from .routes import router
-
+    errors.install(app)
     app.include_router(router)
     app.include_router(openai_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -152,7 +128,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
 
 
 async def _start_workers(state: State, count: int) -> None:
-    from .worker import Worker, build_runner
+    from .worker import Worker, build_runner  # torch: only a process that runs models imports it
 
     try:
         runner = await asyncio.to_thread(build_runner, state.settings, state.registry.paths, beside_api=True)

@@ -7,9 +7,11 @@ may all differ inside one batch. Arrival order is kept within and across batches
 
 from __future__ import annotations
 
+from .contract import Job
 
-def batch_key(job: dict) -> tuple:
-    return (job["model"], int(job["steps"]), bool(job["stochastic"]))
+
+def batch_key(job: Job) -> tuple:
+    return (job.model, job.steps, job.stochastic)
 
 
 def plan_batches(jobs: list, max_batch_size: int, key=batch_key) -> list[list]:

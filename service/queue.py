@@ -1,13 +1,13 @@
 """The request queue: a Redis Stream read by workers through one consumer group.
 
 Keys, under a prefix p (default "fewstep"):
-  p:requests      the stream; one entry per request (field "job": JSON). Entries are deleted
+  p:requests      the stream; one entry per request (field "job": a contract.Job). Entries are deleted
                   once finished or cancelled, so its length is the queue depth (waiting + running)
                   and bounds the queue.
   group "workers" delivers each entry to one worker. An entry a worker read but never
                   acknowledged (the worker died mid-batch) is taken over by another with XAUTOCLAIM.
   p:job:{id}      hash: status (queued, running, succeeded, failed, cancelled), stream id, times.
-  p:result:{id}   the result JSON; expires after job_ttl_s.
+  p:result:{id}   the result (a contract.JobResult); expires after job_ttl_s.
   p:done:{id}     a list that a waiting HTTP request blocks on (BLPOP); it receives the result.
   p:workers       sorted set: worker name -> time of its last heartbeat.
 Finishing is idempotent: a request completed twice (a slow worker and the one that took it
@@ -17,12 +17,13 @@ over) stores the same result twice, and a cancelled request stays cancelled.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+from .contract import BadEntry, Job, JobResult, read_job, read_result
 
 GROUP = "workers"
 
@@ -65,7 +66,7 @@ if st == 'queued' or st == 'running' then
   local sid = redis.call('HGET', KEYS[1], 'stream_id')
   redis.call('XACK', KEYS[2], ARGV[1], sid)
   redis.call('XDEL', KEYS[2], sid)
-  redis.call('LPUSH', KEYS[3], 'cancelled')
+  redis.call('LPUSH', KEYS[3], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[3])
   return 'cancelled'
 end
@@ -77,10 +78,18 @@ class QueueFull(Exception):
     """The queue holds `capacity` requests already."""
 
 
+CANCELLED = JobResult.failed(409, "the request was cancelled")
+
+
 @dataclass
 class Entry:
     stream_id: str
-    job: dict | None  # None: an entry that is not a fewstep job (it is dropped)
+    job: Job | None  # None: an entry that is not a job of this format (`problem` says why)
+    problem: BadEntry | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.job.id if self.job is not None else self.problem.job_id
 
 
 def _decode(value) -> str:
@@ -92,12 +101,11 @@ def _entries(raw) -> list[Entry]:
     for sid, fields in raw or []:
         if fields is None:  # deleted while pending (Redis 6.2 reports it so)
             continue
-        fields = {_decode(k): _decode(v) for k, v in fields.items()}
+        fields = {_decode(k): v for k, v in fields.items()}
         try:
-            job = json.loads(fields["job"])
-        except (KeyError, ValueError):
-            job = None
-        out.append(Entry(_decode(sid), job))
+            out.append(Entry(_decode(sid), read_job(fields.get("job"))))
+        except BadEntry as exc:
+            out.append(Entry(_decode(sid), None, exc))
     return out
 
 
@@ -131,12 +139,11 @@ class RedisQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def submit(self, job: dict, capacity: int) -> str:
-        """Queue a job (it carries its own "id"); raise QueueFull beyond `capacity` requests."""
-        job_id = job["id"]
+    async def submit(self, job: Job, capacity: int) -> str:
+        """Queue a job; raise QueueFull beyond `capacity` requests."""
         sid = await self._submit(
-            keys=[self.stream, self.job_key(job_id)],
-            args=[capacity, json.dumps(job), time.time(), self.job_ttl_s],
+            keys=[self.stream, self.job_key(job.id)],
+            args=[capacity, job.model_dump_json(), time.time(), self.job_ttl_s],
         )
         if sid is None:
             raise QueueFull(f"the queue holds {capacity} requests")
@@ -160,20 +167,21 @@ class RedisQueue:
                 await self._start(keys=[self.job_key(job_id)], args=[consumer, now], client=pipe)
             return [bool(ok) for ok in await pipe.execute()]
 
-    async def finish(self, done: list[tuple[Entry, str | None, dict]]) -> None:
-        """Store results ("status": succeeded or failed), wake their waiters, acknowledge the entries."""
+    async def finish(self, done: list[tuple[Entry, JobResult]]) -> None:
+        """Store results, wake their waiters, acknowledge the entries (an entry without a readable
+        job id is only acknowledged and deleted)."""
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for entry, job_id, result in done:
-                job_id = job_id or "-"
+            for entry, result in done:
+                job_id = entry.job_id or "-"
                 await self._finish(
                     keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream],
-                    args=[json.dumps(result), result["status"], self.job_ttl_s, now, entry.stream_id, GROUP],
+                    args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP],
                     client=pipe,
                 )
             await pipe.execute()
 
-    async def wait(self, job_id: str, timeout_s: float) -> dict | None:
+    async def wait(self, job_id: str, timeout_s: float) -> JobResult | None:
         """Block until the job finishes (its result) or timeout_s passes (None)."""
         if timeout_s <= 0:
             return await self.result(job_id)
@@ -183,14 +191,11 @@ class RedisQueue:
             return None
         if done is None:
             return None
-        value = done[1]
-        if value in (b"cancelled", "cancelled"):
-            return {"status": "failed", "code": 409, "error": "the request was cancelled"}
-        return json.loads(value)
+        return read_result(done[1])
 
-    async def result(self, job_id: str) -> dict | None:
+    async def result(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(self.result_key(job_id))
-        return json.loads(raw) if raw is not None else None
+        return read_result(raw) if raw is not None else None
 
     async def status(self, job_id: str) -> dict | None:
         raw = await self.redis.hgetall(self.job_key(job_id))
@@ -203,7 +208,7 @@ class RedisQueue:
 
     async def cancel(self, job_id: str) -> str | None:
         """'cancelled', or the status of a job that had already ended; None if unknown."""
-        st = await self._cancel(keys=[self.job_key(job_id), self.stream, self.done_key(job_id)], args=[GROUP, time.time(), self.job_ttl_s])
+        st = await self._cancel(keys=[self.job_key(job_id), self.stream, self.done_key(job_id)], args=[GROUP, time.time(), self.job_ttl_s, CANCELLED.model_dump_json()])
         return _decode(st) if st is not None else None
 
     async def depth(self) -> int:

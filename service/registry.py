@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.builtin import builtin_families
-from model.family import FamilyInfo, read_family
+from model.manifest import FamilyInfo, read_family
 
 
 class UnknownModel(LookupError):

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from . import metrics
-from .handling import (
-    enqueue,
-    public_result,
-    render,
-    require_key,
-    run_job,
-    state_of,
-    wanted_image_type,
-)
+from .deps import KeyChecked, StateDep
+from .handling import enqueue, public_result, render, run_job, wanted_image_type
 from .jobs import build_job
 from .schemas import (
     BODIES,
@@ -33,62 +26,60 @@ from .schemas import (
 
 log = logging.getLogger("fewstep.api")
 router = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+v1 = APIRouter(prefix="/v1", dependencies=[KeyChecked])
 
 IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "JSON with base64 `images`, or the image itself with `Accept: image/png`"}}
 
 
-async def _sync(request: Request, endpoint: str, body: Sampling) -> Response:
+async def _sync(request: Request, state: StateDep, endpoint: str, body: Sampling) -> Response:
     fmt = wanted_image_type(request)
     if fmt is not None:
         if body.n != 1:
             raise HTTPException(406, f"Accept: image/{fmt} returns one image; ask for n=1 or accept application/json")
         body.format = fmt
-    state = state_of(request)
-    job = build_job(endpoint, body, state.registry, state.settings, deadline_s=state.settings.request_timeout_s)
-    return render(await run_job(request, job), fmt)
+    job = build_job(endpoint, body, state.registry.info(body.model), state.settings, deadline_s=state.settings.request_timeout_s)
+    return render(await run_job(request, state, job), fmt)
 
 
 @v1.post("/generate", responses=IMAGE_RESPONSES)
-async def generate(body: GenerateBody, request: Request) -> Response:
+async def generate(body: GenerateBody, request: Request, state: StateDep) -> Response:
     """Class-conditional (class_label: id or name) or text-conditional generation."""
-    return await _sync(request, "generate", body)
+    return await _sync(request, state, "generate", body)
 
 
 @v1.post("/txt2img", responses=IMAGE_RESPONSES)
-async def txt2img(body: Txt2ImgBody, request: Request) -> Response:
-    return await _sync(request, "txt2img", body)
+async def txt2img(body: Txt2ImgBody, request: Request, state: StateDep) -> Response:
+    return await _sync(request, state, "txt2img", body)
 
 
 @v1.post("/img2img", responses=IMAGE_RESPONSES)
-async def img2img(body: Img2ImgBody, request: Request) -> Response:
-    return await _sync(request, "img2img", body)
+async def img2img(body: Img2ImgBody, request: Request, state: StateDep) -> Response:
+    return await _sync(request, state, "img2img", body)
 
 
 @v1.post("/inpaint", responses=IMAGE_RESPONSES)
-async def inpaint(body: InpaintBody, request: Request) -> Response:
-    return await _sync(request, "inpaint", body)
+async def inpaint(body: InpaintBody, request: Request, state: StateDep) -> Response:
+    return await _sync(request, state, "inpaint", body)
 
 
 @v1.post("/jobs", status_code=202)
-async def create_job(body: JobBody, request: Request) -> JSONResponse:
+async def create_job(body: JobBody, request: Request, state: StateDep) -> JSONResponse:
     """Queue a request of any generation endpoint; poll GET /v1/jobs/{id} for its result."""
-    state = state_of(request)
     try:
         parsed = BODIES[body.endpoint].model_validate(body.request)
     except ValidationError as exc:
         errors = [{"loc": ["body", "request", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_context=False)]
         return JSONResponse({"detail": errors}, status_code=422)
-    job = build_job(body.endpoint, parsed, state.registry, state.settings, deadline_s=state.settings.job_ttl_s)
-    request.state.steps = job["steps"]
+    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s)
+    request.state.steps = job.steps
     sid = await enqueue(state, job)
     position = await state.queue.position(sid)
-    return JSONResponse({"id": job["id"], "status": "queued", "queue_position": position}, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
+    return JSONResponse({"id": job.id, "status": "queued", "queue_position": position}, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 @v1.get("/jobs/{job_id}")
-async def get_job(job_id: str, request: Request) -> dict:
-    queue = state_of(request).queue
+async def get_job(job_id: str, state: StateDep) -> dict:
+    queue = state.queue
     status = await queue.status(job_id)
     if status is None:
         raise HTTPException(404, f"no job {job_id!r} (unknown, or its result has expired)")
@@ -96,17 +87,20 @@ async def get_job(job_id: str, request: Request) -> dict:
     if status["status"] == "queued":
         out["queue_position"] = await queue.position(status["stream_id"])
     elif status["status"] in ("succeeded", "failed"):
-        result = await queue.result(job_id) or {}
-        if status["status"] == "succeeded":
+        result = await queue.result(job_id)
+        if result is None:
+            out["status"] = "failed"
+            out["error"] = {"status": 410, "detail": "the job's result has expired"}
+        elif status["status"] == "succeeded":
             out["result"] = public_result(result)
         else:
-            out["error"] = {"status": result.get("code", 500), "detail": result.get("error", "")}
+            out["error"] = {"status": result.code, "detail": result.error or ""}
     return out
 
 
 @v1.delete("/jobs/{job_id}")
-async def cancel_job(job_id: str, request: Request) -> dict:
-    outcome = await state_of(request).queue.cancel(job_id)
+async def cancel_job(job_id: str, state: StateDep) -> dict:
+    outcome = await state.queue.cancel(job_id)
     if outcome is None:
         raise HTTPException(404, f"no job {job_id!r} (unknown, or its result has expired)")
     if outcome != "cancelled":
@@ -115,8 +109,8 @@ async def cancel_job(job_id: str, request: Request) -> dict:
 
 
 @v1.get("/models")
-async def models(request: Request) -> dict:
-    return {"object": "list", "data": state_of(request).registry.describe()}
+async def models(state: StateDep) -> dict:
+    return {"object": "list", "data": state.registry.describe()}
 
 
 router.include_router(v1)
@@ -128,8 +122,7 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    state = state_of(request)
+async def readyz(state: StateDep) -> JSONResponse:
     if state.startup_error:
         return JSONResponse({"status": "failed", "detail": state.startup_error}, status_code=503)
     if not state.ready:
@@ -139,8 +132,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics(request: Request) -> Response:
-    state = state_of(request)
+async def prometheus_metrics(state: StateDep) -> Response:
     try:
         metrics.QUEUE_DEPTH.set(await state.queue.depth())
         metrics.LIVE_WORKERS.set(await state.queue.live_workers(3 * state.settings.heartbeat_s))

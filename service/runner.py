@@ -1,19 +1,25 @@
-"""Runs batches of jobs on the loaded models (the part of a worker that touches torch)."""
+"""Runs batches of jobs on the loaded models (the part of a worker that touches torch).
+
+Jobs come checked (service/contract.py): a runner turns their items into pipeline requests,
+draws them in one batch and encodes the images, without validating anything again.
+"""
 
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 
 from model.family import Family
-from model.pipeline import Pipeline
+from model.pipeline import Pipeline, Request
 
 from . import metrics
-from .images import encode
-from .jobs import job_requests
+from .contract import Job, JobItem, JobResult
 
 log = logging.getLogger("fewstep.runner")
 
@@ -38,8 +44,6 @@ class Runner:
 
     def warm_up(self) -> None:
         """Load every student and run it once, so the first request pays no loading cost."""
-        from model.pipeline import Request
-
         for pipe in self.pipelines.values():
             info = pipe.family.info
             req = Request(seed=0, guidance=info.guidance_range[0], class_label=0 if info.class_names else None, prompt=None if info.class_names else "warm up")
@@ -50,39 +54,61 @@ class Runner:
             if "stage1" in info.checkpoints:  # img2img between grid points takes one stage-1 step
                 pipe.family.model("stage1")
 
-    def run(self, jobs: list[dict]) -> list[dict]:
+    def run(self, jobs: list[Job]) -> list[JobResult]:
         """One forward pass for jobs that share (model, steps, stochastic); one result per job."""
         first = jobs[0]
-        pipe = self.pipelines[first["model"]]
-        requests = [r for job in jobs for r in job_requests(job)]
+        pipe = self.pipelines[first.model]
+        requests = [pipeline_request(item) for job in jobs for item in job.items]
         start = time.perf_counter()
-        images = pipe.generate(requests, steps=first["steps"], stochastic=first["stochastic"])
+        images = pipe.generate(requests, steps=first.steps, stochastic=first.stochastic)
         if images.is_cuda:
             torch.cuda.synchronize()
         model_s = time.perf_counter() - start
         metrics.BATCH_SIZE.observe(len(jobs))
         metrics.BATCH_IMAGES.observe(len(requests))
-        metrics.MODEL_TIME.labels(steps=str(first["steps"])).observe(model_s)
-        metrics.IMAGES.labels(model=first["model"]).inc(len(requests))
+        metrics.MODEL_TIME.labels(steps=str(first.steps)).observe(model_s)
+        metrics.IMAGES.labels(model=first.model).inc(len(requests))
         results, offset = [], 0
         for job in jobs:
-            mine = images[offset : offset + len(job["items"])]
+            mine = images[offset : offset + len(job.items)]
             first_request = requests[offset]
-            offset += len(job["items"])
+            offset += len(job.items)
             results.append(
-                {
-                    "status": "succeeded",
-                    "model": job["model"],
-                    "steps": job["steps"],
-                    "stochastic": job["stochastic"],
-                    "format": job["format"],
-                    "seeds": [it["seed"] for it in job["items"]],
-                    "guidance": job["items"][0]["guidance"],
-                    "images": [base64.b64encode(encode(img, job["format"])).decode() for img in mine],
-                    "batch_requests": len(jobs),
-                    "batch_images": len(requests),
-                    "model_seconds": model_s,
-                    "network_evaluations": pipe.evaluations(first_request, steps=job["steps"]),
-                }
+                JobResult(
+                    status="succeeded",
+                    model=job.model,
+                    steps=job.steps,
+                    stochastic=job.stochastic,
+                    format=job.format,
+                    seeds=[it.seed for it in job.items],
+                    guidance=job.items[0].guidance,
+                    images=[base64.b64encode(encode(img, job.format)).decode() for img in mine],
+                    batch_requests=len(jobs),
+                    batch_images=len(requests),
+                    model_seconds=model_s,
+                    network_evaluations=pipe.evaluations(first_request, steps=job.steps),
+                )
             )
         return results
+
+
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def pipeline_request(item: JobItem) -> Request:
+    """A job item as the pipeline takes it: PNG bytes -> tensors in [-1, 1] (mask: 1 = repaint)."""
+    image = mask = None
+    if item.image is not None:
+        rgb = np.asarray(Image.open(io.BytesIO(item.image)).convert("RGB"), dtype=np.float32)
+        image = torch.from_numpy(rgb / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    if item.mask is not None:
+        mask = torch.from_numpy((np.asarray(Image.open(io.BytesIO(item.mask)).convert("L")) > 127).astype(np.float32))
+    return Request(seed=item.seed, guidance=item.guidance, class_label=item.class_label, prompt=item.prompt, image=image, mask=mask, strength=item.strength)
+
+
+def encode(image: torch.Tensor, fmt: str) -> bytes:
+    """(3, H, W) in [-1, 1] -> image file bytes."""
+    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=FORMATS[fmt], **({"quality": 95} if fmt != "png" else {}))
+    return buf.getvalue()

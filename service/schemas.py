@@ -1,13 +1,16 @@
-"""Request bodies of the JSON endpoints; every field is checked before a request is queued."""
+"""Request bodies of the JSON endpoints: field types and service-wide bounds (n, seed).
+
+What a field may hold for a given family (steps, guidance, class, prompt, images, strength)
+is checked in one place, `model.validation.check_request`, when the job is built.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-Format = Literal["png", "jpeg", "webp"]
-Endpoint = Literal["generate", "txt2img", "img2img", "inpaint"]
+from .contract import Endpoint, Format
 
 
 class Sampling(BaseModel):
@@ -17,7 +20,7 @@ class Sampling(BaseModel):
 
     model: str | None = Field(default=None, description="model family; default: the built-in one")
     guidance: float | None = Field(default=None, description="guidance weight gamma, within the family's trained range")
-    steps: int | None = Field(default=None, ge=1, le=8, description="sampling steps; a count the family has a student for")
+    steps: int | None = Field(default=None, description="sampling steps (1-8): a count the family has a student for; default: the nearest to the service's default")
     stochastic: bool = Field(default=False, description="use the N-step stochastic sampler")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 9, description="same seed and request -> same pixels; image k uses seed + k")
     n: int = Field(default=1, ge=1, le=8, description="number of images")
@@ -30,33 +33,18 @@ class Conditioned(Sampling):
     class_label: int | str | None = Field(default=None, description="class id or name")
     prompt: str | None = None
 
-    @model_validator(mode="after")
-    def _one_condition(self):
-        has_prompt = self.prompt is not None and self.prompt.strip() != ""
-        if has_prompt and self.class_label is not None:
-            raise ValueError("give either prompt or class_label, not both")
-        if not has_prompt and self.class_label is None:
-            raise ValueError("give a prompt or a class_label")
-        return self
-
 
 class GenerateBody(Conditioned):
     pass
 
 
 class Txt2ImgBody(Sampling):
-    prompt: str = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _not_blank(self):
-        if not self.prompt.strip():
-            raise ValueError("prompt is blank")
-        return self
+    prompt: str
 
 
 class Img2ImgBody(Conditioned):
     image: str = Field(description="base64 image (or a data: URL)")
-    strength: float = Field(default=0.6, gt=0, le=1, description="1 ignores the image; small values change it little")
+    strength: float = Field(default=0.6, description="in (0, 1]: 1 ignores the image; small values change it little")
 
 
 class InpaintBody(Conditioned):
@@ -79,7 +67,7 @@ class OpenAIGenerationBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(min_length=1)
+    prompt: str
     model: str | None = None
     n: int = Field(default=1, ge=1, le=8)
     size: str | None = None
@@ -87,6 +75,6 @@ class OpenAIGenerationBody(BaseModel):
     output_format: Format | None = None
     # fewstep's own (pass them with extra_body)
     guidance: float | None = None
-    steps: int | None = Field(default=None, ge=1, le=8)
+    steps: int | None = None
     stochastic: bool = False
     seed: int | None = Field(default=None, ge=0, le=2**63 - 9)

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import metrics
 from .batching import batch_key, plan_batches
+from .contract import JobResult
 from .queue import Entry, RedisQueue
 from .runner import Runner
 from .settings import Settings
@@ -96,19 +97,20 @@ class Worker:
         now = time.time()
         done, ready, valid = [], [], []
         for e in entries:
-            if e.job is not None and "id" in e.job:
+            if e.job is not None:
                 valid.append(e)
-            else:
-                done.append((e, None, {"status": "failed", "code": 500, "error": "malformed queue entry"}))
-        started = await self.queue.start([e.job["id"] for e in valid], self.name) if valid else []
+            else:  # not a job of this format: fail it (its waiter learns why) and acknowledge it
+                log.warning("worker %s: %s", self.name, e.problem)
+                done.append((e, JobResult.failed(500, f"the worker could not read this request: {e.problem}")))
+        started = await self.queue.start([e.job.id for e in valid], self.name) if valid else []
         for entry, ok in zip(valid, started):
             job = entry.job
             if not ok:  # cancelled, or expired: acknowledge and drop
-                done.append((entry, job["id"], {"status": "failed", "code": 410, "error": "cancelled"}))
-            elif job["deadline"] < now:
-                done.append((entry, job["id"], {"status": "failed", "code": 504, "error": "the request's deadline passed before a worker could run it"}))
+                done.append((entry, JobResult.failed(410, "cancelled")))
+            elif job.deadline < now:
+                done.append((entry, JobResult.failed(504, "the request's deadline passed before a worker could run it")))
             else:
-                metrics.QUEUE_WAIT.observe(max(0.0, now - job["created"]))
+                metrics.QUEUE_WAIT.observe(max(0.0, now - job.created))
                 ready.append(entry)
         if done:
             await self.queue.finish(done)
@@ -118,8 +120,8 @@ class Worker:
                 results = await asyncio.to_thread(self.runner.run, jobs)
             except Exception as exc:
                 log.exception("worker %s: batch of %d failed", self.name, len(jobs))
-                results = [{"status": "failed", "code": 500, "error": f"the worker failed on this batch ({type(exc).__name__})"}] * len(jobs)
-            await self.queue.finish([(e, e.job["id"], r) for e, r in zip(batch, results)])
+                results = [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
+            await self.queue.finish(list(zip(batch, results)))
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

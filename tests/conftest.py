@@ -1,6 +1,6 @@
 import pytest
 
-from tests.service.servers import RedisServer, Service
+from service.testing import RedisServer, Service
 
 
 @pytest.fixture(scope="session")

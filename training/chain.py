@@ -17,7 +17,7 @@ from model.autoencoder import build_autoencoder
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config_io import to_dict
 from model.denoiser import Denoiser, gamma_student_from_teacher
-from model.family import FamilyInfo, write_family
+from model.manifest import FamilyInfo, write_family
 from model.text_encoder import ENCODER_NAME
 
 from .config import Recipe, StageConfig

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from model.checkpoint import CheckpointError, atomic_write_text
+from model.files import CheckpointError, atomic_write_text
 from model.config_io import ConfigError
 
 from .config import Recipe, apply_overrides

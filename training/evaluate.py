@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from model import schedule
-from model.checkpoint import CheckpointError, write_json
+from model.files import CheckpointError, write_json
 from model.conditioning import Cond
 from model.family import Family
 from model.guidance import clipped, gamma_conditioned, guided

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import atomic_dir, load_tensors, save_tensors
-from model.family import read_family, write_family
+from model.checkpoint import load_tensors, save_tensors
+from model.files import atomic_dir
+from model.manifest import read_family, write_family
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

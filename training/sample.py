@@ -9,6 +9,7 @@ from PIL import Image
 
 from model.family import Family
 from model.pipeline import Pipeline, Request
+from model.validation import Ask, check_request
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -29,17 +30,9 @@ def save_grid(images: torch.Tensor, path: Path, columns: int, scale: int = 4) ->
 
 def sample(directory: Path, out: Path, *, steps: int, guidance: float, stochastic: bool, prompt: str | None, class_name: str | None, n: int, seed: int) -> Path:
     family = Family(directory)
-    pipe = Pipeline(family)
-    label = None
-    if class_name is not None:
-        names = family.info.class_names
-        if class_name.isdigit():
-            label = int(class_name)
-        elif class_name in names:
-            label = names.index(class_name)
-        else:
-            raise ValueError(f"unknown class {class_name!r}; the family's classes: {', '.join(names) or 'none'}")
-    requests = [Request(seed=seed + k, guidance=guidance, class_label=label, prompt=prompt) for k in range(n)]
-    images = pipe.generate(requests, steps=steps, stochastic=stochastic)
+    ask = Ask(steps=steps, stochastic=stochastic, guidance=guidance, class_label=class_name, prompt=prompt)
+    c = check_request(family.info, ask)  # InvalidRequest (a ValueError) says what is wrong
+    requests = [Request(seed=seed + k, guidance=c.guidance, class_label=c.class_label, prompt=c.prompt) for k in range(n)]
+    images = Pipeline(family).generate(requests, steps=c.steps, stochastic=c.stochastic)
     save_grid(images, out, columns=min(n, 8))
     return out

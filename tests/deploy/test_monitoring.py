@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.servers import free_port
+from service.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None, reason="Debian package prometheus is not installed (.ci/run installs it)")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .servers import metric
+from service.testing import metric
 
 SIDE = 16  # the built-in family's resolution
 

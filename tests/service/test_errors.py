@@ -48,7 +48,8 @@ CASES = [
     ("/v1/generate", {"class_label": 1, "format": "gif"}, 422, "png"),
     ("/v1/generate", {"class_label": 1, "colour": "red"}, 422, "Extra inputs"),
     ("/v1/txt2img", {"prompt": "   "}, 422, "blank"),
-    ("/v1/img2img", {"prompt": "a red circle", "image": IMG, "strength": 0}, 422, "greater than 0"),
+    ("/v1/img2img", {"prompt": "a red circle", "image": IMG, "strength": 0}, 422, "strength must lie in (0, 1]"),
+    ("/v1/generate", {"class_label": 1, "steps": 100}, 422, "available: [1, 2, 4, 8]"),
     ("/v1/jobs", {"endpoint": "upscale", "request": {}}, 422, "endpoint"),
     ("/v1/jobs", {"endpoint": "txt2img", "request": {"prompt": "x", "n": 9}}, 422, "less than or equal to 8"),
 ]
@@ -77,16 +78,42 @@ def test_accept_image_with_several_images_is_406(service):
     assert r.status_code == 406 and "n=1" in r.json()["detail"]
 
 
-def test_openai_edit_errors(service):
+def openai_error(r: httpx.Response) -> dict:
+    """The OpenAI error shape, exactly: {"error": {"message", "type", "param", "code"}}."""
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_openai_routes_answer_errors_in_openais_shape(service):
     opaque = io.BytesIO()
     source_image().save(opaque, "PNG")
     files = {"image": ("i.png", opaque.getvalue(), "image/png")}
     r = httpx.post(service.url + "/v1/images/edits", files=files, data={"prompt": "a red circle"})
-    assert r.status_code == 400 and "alpha" in r.json()["detail"]
+    assert r.status_code == 400 and "alpha" in openai_error(r)["message"] and openai_error(r)["param"] == "image"
     r = httpx.post(service.url + "/v1/images/edits", files={"image": ("i.png", b"garbage", "image/png")}, data={"prompt": "x"})
-    assert r.status_code == 422 and "not a readable image" in r.json()["detail"]
+    assert r.status_code == 400 and "not a readable image" in openai_error(r)["message"]
     r = httpx.post(service.url + "/v1/images/generations", json={"prompt": "x", "response_format": "url"})
-    assert r.status_code == 400 and "b64_json" in r.json()["detail"]
+    err = openai_error(r)
+    assert r.status_code == 400 and "b64_json" in err["message"] and (err["type"], err["param"]) == ("invalid_request_error", "response_format")
+    r = httpx.post(service.url + "/v1/images/generations", json={"prompt": "x", "guidance": 9})
+    assert r.status_code == 400 and openai_error(r)["param"] == "guidance" and "trained range" in openai_error(r)["message"]
+    r = httpx.post(service.url + "/v1/images/generations", json={"n": 2})  # no prompt: a validation error, OpenAI-shaped
+    assert r.status_code == 400 and openai_error(r)["param"] == "prompt"
+    r = httpx.post(service.url + "/v1/images/generations", json={"prompt": "x", "model": "dall-e-9"})
+    assert r.status_code == 404 and openai_error(r)["code"] == "model_not_found"
+    # fewstep's own routes keep FastAPI's shape
+    r = httpx.post(service.url + "/v1/generate", json={"class_label": 1, "guidance": 9})
+    assert r.status_code == 422 and set(r.json()) == {"detail"}
+
+
+def test_the_openai_client_reads_the_error_message(service):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.images.generate(prompt="a red circle", extra_body={"guidance": 9})
+    assert "outside the trained range" in err.value.message
+    assert err.value.param == "guidance" and err.value.type == "invalid_request_error"
 
 
 def test_large_source_images_are_resized(service):

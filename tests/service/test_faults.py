@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from .servers import RedisServer, Service, WorkerProcess
+from service.testing import RedisServer, Service, WorkerProcess
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from .servers import ROOT, free_port
+from service.testing import ROOT, free_port
 
 
 def redis_servers() -> set[int]:

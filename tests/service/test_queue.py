@@ -8,6 +8,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from service.contract import Job, JobItem, JobResult
 from service.queue import QueueFull, RedisQueue
 
 
@@ -26,7 +27,8 @@ def run(redis_server, body):
 
 
 def job(k=0):
-    return {"id": uuid.uuid4().hex, "k": k}
+    return Job(id=uuid.uuid4().hex, endpoint="generate", model="shapes", steps=4, stochastic=False, format="png", created=0.0, deadline=1e12,
+               items=[JobItem(seed=k, guidance=1.0, class_label=k)])
 
 
 def test_submit_read_finish_wait(redis_server):
@@ -36,10 +38,10 @@ def test_submit_read_finish_wait(redis_server):
         assert await q.depth() == 1 and await q.position(sid) == 0
         (entry,) = await q.read("w1", 10, block_ms=100)
         assert entry.job == j
-        assert await q.start([j["id"]], "w1") == [True]
-        await q.finish([(entry, j["id"], {"status": "succeeded", "images": ["x"]})])
-        assert await q.wait(j["id"], 1) == {"status": "succeeded", "images": ["x"]}
-        assert (await q.status(j["id"]))["status"] == "succeeded"
+        assert await q.start([j.id], "w1") == [True]
+        await q.finish([(entry, JobResult(status="succeeded", images=["x"]))])
+        assert await q.wait(j.id, 1) == JobResult(status="succeeded", images=["x"])
+        assert (await q.status(j.id))["status"] == "succeeded"
         assert await q.depth() == 0  # acknowledged and deleted
 
     run(redis_server, body)
@@ -64,17 +66,18 @@ def test_duplicate_finish_is_harmless_and_cancel_sticks(redis_server):
         ea, eb = await q.read("w1", 10, block_ms=100)
         # a dies with both unacknowledged; w2 takes them over
         taken = await q.claim("w2", min_idle_ms=0, count=10)
-        assert {e.job["id"] for e in taken} == {a["id"], b["id"]}
-        result = {"status": "succeeded", "images": ["same"]}
-        await q.finish([(ea, a["id"], result)])
-        await q.finish([(ea, a["id"], result)])  # the slow first worker finishes too
-        assert await q.result(a["id"]) == result and (await q.status(a["id"]))["status"] == "succeeded"
-        assert await q.cancel(a["id"]) == "succeeded"  # too late to cancel
-        assert await q.cancel(b["id"]) == "cancelled"
-        assert await q.start([b["id"]], "w2") == [False]  # a worker skips it
-        await q.finish([(eb, b["id"], result)])  # a late result does not resurrect it
-        assert (await q.status(b["id"]))["status"] == "cancelled" and await q.result(b["id"]) is None
-        assert await q.wait(b["id"], 1) == {"status": "failed", "code": 409, "error": "the request was cancelled"}
+        assert {e.job.id for e in taken} == {a.id, b.id}
+        result = JobResult(status="succeeded", images=["same"])
+        await q.finish([(ea, result)])
+        await q.finish([(ea, result)])  # the slow first worker finishes too
+        assert await q.result(a.id) == result and (await q.status(a.id))["status"] == "succeeded"
+        assert await q.cancel(a.id) == "succeeded"  # too late to cancel
+        assert await q.cancel(b.id) == "cancelled"
+        assert await q.start([b.id], "w2") == [False]  # a worker skips it
+        await q.finish([(eb, result)])  # a late result does not resurrect it
+        assert (await q.status(b.id))["status"] == "cancelled" and await q.result(b.id) is None
+        waited = await q.wait(b.id, 1)
+        assert (waited.status, waited.code, waited.error) == ("failed", 409, "the request was cancelled")
         assert await q.cancel("unknown") is None
         assert await q.depth() == 0
 
@@ -85,6 +88,6 @@ def test_wait_times_out(redis_server):
     async def body(q):
         j = job()
         await q.submit(j, 10)
-        assert await q.wait(j["id"], 0.2) is None
+        assert await q.wait(j.id, 0.2) is None
 
     run(redis_server, body)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from model import schedule
-from model.conditioning import Cond
 from model.denoiser import Denoiser, gamma_student_from_teacher
 from model.guidance import clipped, gamma_conditioned, guided
 from training.losses import distill_loss, stage1_loss, two_ddim_steps_target

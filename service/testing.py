@@ -1,4 +1,6 @@
-"""Real servers for the service tests and benchmarks: redis-server and `python -m service` processes."""
+"""Real servers for tests and benchmarks: redis-server, `python -m service` and worker processes.
+
+Not imported by the service itself."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -78,12 +80,14 @@ def service_env(redis_url: str, threads: int | None = 1, **settings) -> dict:
 class Service:
     """`python -m service` in a subprocess (a real uvicorn), ready once /readyz says 200."""
 
-    def __init__(self, redis_url: str, *, log_dir: Path, args: tuple = (), threads: int | None = 1, **settings):
+    def __init__(self, redis_url: str, *, log_dir: Path, args: tuple = (), threads: int | None = 1, env: dict | None = None, **settings):
+        """`env`: more environment variables (they win over the defaults)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(log_dir) / f"service-{self.port}.log"
         cmd = [sys.executable, "-m", "service", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=service_env(redis_url, threads, **settings), stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        environ = {**service_env(redis_url, threads, **settings), **(env or {})}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         _wait(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, "python -m service", 120, self.proc, self.log)
 
     def stop(self) -> None:

@@ -1,0 +1,36 @@
+"""The routes' dependencies, as `Annotated` types: the process state and the API key check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from .state import State
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.fewstep
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+async def require_key(
+    state: StateDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """With FEWSTEP_API_KEY set, /v1 needs `Authorization: Bearer KEY` (as the OpenAI client sends) or `X-API-Key`."""
+    key = state.settings.api_key
+    if key is None:
+        return
+    given = x_api_key or ""
+    if authorization and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+KeyChecked = Depends(require_key)

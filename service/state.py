@@ -1,0 +1,21 @@
+"""What the API process holds while it runs: settings, the model registry, the queue, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .queue import RedisQueue
+from .registry import Registry
+from .settings import Settings
+
+
+@dataclass
+class State:
+    settings: Settings
+    registry: Registry
+    queue: RedisQueue
+    ready: bool = False
+    startup_error: str | None = None
+    tasks: list = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)

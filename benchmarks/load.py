@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from benchmarks.hardware import describe
 from service.testing import RedisServer, Service, WorkerProcess
 
 GAMMAS = [0.0, 0.3, 1.0, 2.0, 4.0]
@@ -154,7 +155,7 @@ def main() -> int:
         args.out.write_text(
             "# Load and fault test\n\n"
             f"`python -m benchmarks.load --requests {args.requests} --concurrency {args.concurrency}` on {time.strftime('%Y-%m-%d')}: "
-            "`python -m service` (API + one worker) and a second `python -m service.worker` process on the 2-core CPU machine, "
+            f"`python -m service` (API + one worker) and a second `python -m service.worker` process on {describe('cpu')}, "
             "the built-in `shapes` family, a real redis-server. Mixed endpoints (class, text, img2img, inpaint, OpenAI "
             "generations), steps 1/2/4/8, 25% stochastic, gamma in {0, 0.3, 1, 2, 4}.\n\n" + text + "\n"
         )

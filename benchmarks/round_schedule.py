@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.hardware import describe
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.family import Family
 from training.chain import TEXT_LEN
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             print(json.dumps(results[-1]), flush=True)
     if args.out:
         lines = [f"# Distillation round {2 * n} -> {n} steps: learning-rate schedule and EMA", "",
-                 f"`python -m benchmarks.round_schedule {args.family} --steps {n} --train-steps {args.train_steps}`; measured on {platform.platform()}, device {device}, torch {torch.__version__}.",
+                 f"`python -m benchmarks.round_schedule {args.family} --steps {n} --train-steps {args.train_steps}`; measured on {describe(str(device))}.",
                  f"{args.samples} samples × {args.repeats} seed sets per cell (mean ± std, ddof = 1); same training batches and evaluation seeds for both.", "",
                  "| variant | " + " | ".join(f"FID γ={g:g}" for g in args.guidance) + " | " + " | ".join(f"KID γ={g:g}" for g in args.guidance) + " | gamma response |",
                  "|---|" + "---|" * (2 * len(args.guidance) + 1)]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.hardware import describe
 from service.testing import RedisServer, Service
 
 PROMPTS = ["a red circle", "a green square", "a blue cross", "a yellow triangle", "a red square on a black background"]
@@ -148,7 +149,7 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"# Service benchmark\n\n`python -m benchmarks.service` on {time.strftime('%Y-%m-%d')}: {sys.platform}, the built-in `shapes` family on the CPU.\n\n{text}\n")
+        args.out.write_text(f"# Service benchmark\n\n`python -m benchmarks.service` on {time.strftime('%Y-%m-%d')}: {describe('cpu')}, the built-in `shapes` family.\n\n{text}\n")
     return 0
 
 

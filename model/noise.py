@@ -14,9 +14,6 @@ class SeededNoise:
         self.device = device
         self.dtype = dtype
 
-    def __len__(self) -> int:
-        return len(self.seeds)
-
     def randn(self, shape: tuple[int, ...]) -> torch.Tensor:
         rows = [torch.randn(shape, generator=g) for g in self.generators]
         return torch.stack(rows).to(device=self.device, dtype=self.dtype)

@@ -15,6 +15,8 @@ import pytest
 
 from service.testing import free_port
 
+pytestmark = pytest.mark.slow  # runs a real Prometheus against the service
+
 ROOT = Path(__file__).resolve().parents[2]
 needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None, reason="Debian package prometheus is not installed (.ci/run installs it)")
 

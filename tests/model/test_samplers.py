@@ -119,6 +119,7 @@ def test_img2img_starts_at_the_strength_and_steps_once_to_the_grid():
         img2img_start(x, 0.0, time_grid(4), SeededNoise([0, 1, 2, 3]))
 
 
+@pytest.mark.slow  # statistics over many samples and step counts
 def test_stochastic_sampler_differs_from_ddim_where_it_must():
     """Gaussian data N(m, s^2), exact denoiser: at 1 step the two samplers are the same map;
     from 2 steps on the stochastic one renoises, so its samples differ from DDIM's for the same

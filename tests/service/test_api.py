@@ -202,6 +202,7 @@ def test_img2img_follows_the_strength_at_one_step(service):
     assert r.json()["network_evaluations"] == 3  # two grid steps below t = 0.6, plus the partial step to t = 0.5
 
 
+@pytest.mark.slow  # draws and compares hundreds of images
 def test_guidance_steers_what_the_4_step_student_draws(service):
     """What a user relies on: asking for more guidance gets images that follow the class more,
     as the teacher's do. Over HTTP, the 4-step student's adherence (the family's own evaluator)

@@ -11,6 +11,8 @@ import redis
 
 from service.testing import RedisServer, Service, WorkerProcess
 
+pytestmark = pytest.mark.slow  # kills workers and Redis under load
+
 
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory):

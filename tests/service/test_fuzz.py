@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # fuzzes the API from its OpenAPI schema
 
 
 def test_schema_fuzzing_finds_no_server_error(service, tmp_path):

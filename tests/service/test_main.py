@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import time
 import httpx
 
 from service.testing import ROOT, free_port
+
+pytestmark = pytest.mark.slow  # starts and stops whole service processes
 
 
 def redis_servers() -> set[int]:

@@ -96,6 +96,7 @@ def test_imagefolder_trains_and_evaluates(tmp_path, kind):
     assert metrics["fid_real_vs_real"] is not None and metrics["edits"]["img2img"]
 
 
+@pytest.mark.slow  # needs the quick recipe's run
 def test_evaluate_and_sample_fail_clearly_on_missing_or_corrupt_checkpoints(quick_run, tmp_path):
     proc = cli("evaluate", tmp_path / "nowhere", check=False)
     assert proc.returncode == 2 and "recipe.json" in proc.stderr
@@ -113,6 +114,7 @@ def test_evaluate_and_sample_fail_clearly_on_missing_or_corrupt_checkpoints(quic
     assert proc.returncode == 2 and "teacher" in proc.stderr
 
 
+@pytest.mark.slow  # needs the quick recipe's run
 def test_sample_rejects_gamma_outside_the_trained_range_and_missing_students(quick_run, tmp_path):
     proc = cli("sample", quick_run, "--guidance", "9", "--class", "0", "--out", tmp_path / "s.png", check=False)
     assert proc.returncode == 2 and "outside the trained range [0.0, 4.0]" in proc.stderr

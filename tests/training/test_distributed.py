@@ -1,5 +1,6 @@
 """Two-process DDP training on CPU (gloo) through torchrun."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ import sys
 from safetensors.torch import load_file
 
 from .conftest import ROOT
+
+pytestmark = pytest.mark.slow  # trains with two processes
 
 
 def test_torchrun_two_processes(tmp_path):

@@ -1,5 +1,6 @@
 """Shipping a family (fp16, servable subset) and the human-readable report."""
 
+import pytest
 import json
 
 import torch
@@ -8,6 +9,8 @@ from model.family import Family
 from model.pipeline import Pipeline, Request
 
 from .conftest import cli
+
+pytestmark = pytest.mark.slow  # exports and reports a trained family
 
 
 def test_export_fp16_subset_then_report(quick_run, tmp_path):

@@ -1,5 +1,6 @@
 """The whole chain on images (`quick` recipe), resume after a kill, and what a user can load."""
 
+import pytest
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ from model.family import Family
 from model.pipeline import Pipeline, Request
 
 from .conftest import ROOT, cli, read_metrics
+
+pytestmark = pytest.mark.slow  # runs the quick recipe end to end
 
 STUDENTS = ["distilled-8", "distilled-4", "distilled-2", "distilled-1"]
 STOCHASTIC = ["stochastic-8", "stochastic-4", "stochastic-2"]

@@ -5,6 +5,8 @@ import pytest
 
 from .conftest import read_metrics
 
+pytestmark = pytest.mark.slow  # trains the toy recipe
+
 
 def row(metrics, sampler, steps, gamma):
     matches = [r for r in metrics["rows"] if r["sampler"] == sampler and r["steps"] == steps and r["guidance"] == gamma]

@@ -35,22 +35,29 @@ class Denoiser(nn.Module):
     def takes_gamma(self) -> bool:
         return self.net_cfg.gamma_embed_dim > 0
 
-    def gamma_features(self, gamma, batch: int, device) -> torch.Tensor | None:
+    def gamma_per_sample(self, gamma, batch: int, device) -> torch.Tensor | None:
+        """gamma as (B,) float32, or None for a teacher."""
         if not self.takes_gamma:
             return None
         if gamma is None:
             raise ValueError("this student takes the guidance weight gamma as an input; none was given")
         gamma = torch.as_tensor(gamma, dtype=torch.float32, device=device)
-        if gamma.ndim == 0:
-            gamma = gamma.expand(batch)
-        return sinusoidal(gamma * self.net_cfg.gamma_scale, self.net_cfg.gamma_embed_dim)
+        return gamma.expand(batch) if gamma.ndim == 0 else gamma
+
+    def gamma_features(self, gamma, batch: int, device) -> torch.Tensor | None:
+        """Fourier features of gamma * gamma_scale, (B, gamma_embed_dim); None for a teacher."""
+        gamma = self.gamma_per_sample(gamma, batch, device)
+        return None if gamma is None else sinusoidal(gamma * self.net_cfg.gamma_scale, self.net_cfg.gamma_embed_dim)
 
     def v(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma=None) -> torch.Tensor:
         """The raw v_hat prediction; t is (B,) or a scalar."""
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
         if t.ndim == 0:
             t = t.expand(z.shape[0])
-        return self.backbone(z, t, cond, self.gamma_features(gamma, z.shape[0], z.device))
+        gamma = self.gamma_per_sample(gamma, z.shape[0], z.device)
+        if gamma is None:
+            return self.backbone(z, t, cond)
+        return self.backbone(z, t, cond, self.gamma_features(gamma, z.shape[0], z.device), gamma)
 
     def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma=None, *, predict: str = "x") -> torch.Tensor:
         """x_hat (predict="x") or the raw v_hat (predict="v", what the training losses compare)."""
@@ -67,10 +74,11 @@ class Denoiser(nn.Module):
         return list(branch.parameters()) if branch is not None else []
 
 
-def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int, pathway: str = "embedding", scale: float = 1.0) -> Denoiser:
+def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int, pathway: str = "embedding", scale: float = 1.0, extrapolate: tuple[str, ...] = ()) -> Denoiser:
     """Stage-1 initialisation: the teacher's weights plus a gamma branch whose output starts at
-    zero, so that the fresh student equals the teacher's conditional model exactly."""
-    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim, gamma_pathway=pathway, gamma_scale=scale)
+    zero (and, with `extrapolate`, conditions pushed from the null one by gamma), so that the
+    fresh student equals the teacher's conditional model exactly at gamma = 0."""
+    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim, gamma_pathway=pathway, gamma_scale=scale, gamma_extrapolate=tuple(extrapolate))
     student = Denoiser(network)
     branch = {id(p) for p in student.gamma_parameters()}
     names = {name for name, p in student.named_parameters() if id(p) in branch}

@@ -13,6 +13,11 @@ Gamma (the guidance weight of a stage-1 or distilled student) enters by one of t
 - "time_features": a linear projection of its features added to the sinusoidal time features
   *before* the time MLP (diffusers' `time_cond_proj_dim`). Kept to load early checkpoints;
   it learns almost nothing (docs/design.md, "Where gamma enters").
+
+`gamma_extrapolate` adds a second, parameter-free way in, shaped like guidance itself: the
+condition's own embedding is pushed away from the null condition's by gamma,
+e_null + (1 + gamma) (e_c - e_null), for the class embedding ("class") and the text token
+states ("text"). At gamma = 0 the student sees exactly the teacher's conditional input.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .conditioning import NULL_LABEL, Cond
 from .config_io import ConfigError
 
 GAMMA_PATHWAYS = ("embedding", "time_features")
+GAMMA_EXTRAPOLATE = ("class", "text")
 
 
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -59,6 +65,7 @@ class UNetConfig:
     gamma_embed_dim: int = 0  # 0: no gamma input (a teacher); >0: Fourier features of gamma
     gamma_pathway: str = "time_features"  # where gamma enters (module docstring); the old default, for old checkpoints
     gamma_scale: float = 100.0  # gamma is multiplied by this before its Fourier features
+    gamma_extrapolate: tuple[str, ...] = ()  # conditions pushed from the null one by gamma (module docstring)
 
     def __post_init__(self):
         _check_gamma(self)
@@ -75,6 +82,29 @@ def _check_gamma(cfg) -> None:
         raise ConfigError(f"{cfg.kind}: gamma_pathway must be one of {GAMMA_PATHWAYS}, got {cfg.gamma_pathway!r}")
     if not cfg.gamma_scale > 0:
         raise ConfigError(f"{cfg.kind}: gamma_scale must be > 0, got {cfg.gamma_scale}")
+    unknown = set(cfg.gamma_extrapolate) - set(GAMMA_EXTRAPOLATE)
+    if unknown:
+        raise ConfigError(f"{cfg.kind}: gamma_extrapolate may hold {GAMMA_EXTRAPOLATE}, got {sorted(unknown)}")
+
+
+def extrapolate(cond: torch.Tensor, null: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """null + (1 + gamma) (cond - null), gamma per sample (B,)."""
+    g = gamma.to(cond.dtype).reshape(-1, *([1] * (cond.ndim - 1)))
+    return null + (1.0 + g) * (cond - null)
+
+
+class GammaClassEmbedding(nn.Embedding):
+    """The class embedding (its last row: the null class) that, given (label, gamma) pairs as a
+    float (B, 2) tensor, returns the class embedding pushed from the null one by gamma. Given
+    labels alone it is a plain nn.Embedding; its one parameter keeps the name `weight`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            return super().forward(x)
+        labels, gamma = x[:, 0].round().long(), x[:, 1]
+        null = self.num_embeddings - 1
+        gamma = torch.where(labels == null, torch.zeros_like(gamma), gamma)
+        return extrapolate(super().forward(labels), self.weight[null].expand(len(labels), -1), gamma)
 
 
 def _gamma_mlp(in_dim: int, out_dim: int) -> nn.Module:
@@ -129,11 +159,15 @@ class UNetBackbone(nn.Module):
         )
         if cfg.gamma_embed_dim and cfg.gamma_pathway == "embedding":
             self.unet.time_embedding = GammaTimestepEmbedding(self.unet.time_embedding, cfg.gamma_embed_dim)
+        if cfg.gamma_embed_dim and cfg.num_classes and "class" in cfg.gamma_extrapolate:
+            old = self.unet.class_embedding
+            self.unet.class_embedding = GammaClassEmbedding(old.num_embeddings, old.embedding_dim)
         if use_text:
             self.null_text = nn.Parameter(torch.randn(1, cfg.text_len, cfg.text_dim) * 0.02)
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None):
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None, gamma: torch.Tensor | None = None):
         cfg, batch = self.cfg, z.shape[0]
+        push = set(cfg.gamma_extrapolate) if gamma is not None else set()
         x = z
         if cfg.context_channels:
             if cond.context is None:
@@ -143,6 +177,8 @@ class UNetBackbone(nn.Module):
         if cfg.num_classes:
             labels = cond.labels if cond.labels is not None else torch.full((batch,), NULL_LABEL, device=z.device)
             class_labels = labels_to_index(labels.to(z.device), cfg.num_classes)
+            if "class" in push:
+                class_labels = torch.stack([class_labels.float(), gamma.float()], dim=1)
         text = text_mask = None
         if cfg.text_dim:
             null_text = self.null_text.to(z.dtype).expand(batch, -1, -1)
@@ -154,6 +190,8 @@ class UNetBackbone(nn.Module):
                 keep = cond.text_mask.any(dim=1)
                 text = torch.where(keep[:, None, None], cond.text.to(z.dtype), null_text)
                 text_mask = torch.where(keep[:, None], cond.text_mask, null_mask)
+                if "text" in push:  # a dropped prompt stays the null sequence: text - null_text = 0 there
+                    text = extrapolate(text, null_text, gamma)
         out = self.unet(
             x,
             t * 1000.0,
@@ -181,9 +219,12 @@ class MLPConfig:
     gamma_embed_dim: int = 0
     gamma_pathway: str = "time_features"
     gamma_scale: float = 100.0
+    gamma_extrapolate: tuple[str, ...] = ()
 
     def __post_init__(self):
         _check_gamma(self)
+        if self.gamma_extrapolate:
+            raise ConfigError("mlp: gamma_extrapolate is not supported (use the embedding pathway)")
 
 
 class MLPBackbone(nn.Module):
@@ -206,7 +247,7 @@ class MLPBackbone(nn.Module):
         )
         self.out = nn.Sequential(nn.LayerNorm(cfg.hidden), nn.Linear(cfg.hidden, cfg.channels))
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None):
+    def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None, gamma: torch.Tensor | None = None):
         temb = sinusoidal(t * 1000.0, self.cfg.time_embed_dim)
         if gamma_features is not None and self.cond_proj is not None:
             temb = temb + self.cond_proj(gamma_features)

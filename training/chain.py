@@ -126,7 +126,7 @@ class Chain:
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
             return stage1_loss(model, teacher, p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
-        student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale)
+        student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
         prev = self._stage("stage1", "stage1", r.distill_start_steps, student, stage1_step, r.stage1, 2, "teacher")
         self.report_response("stage1", prev, teacher)
         prev_name = "stage1"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from model.autoencoder import AutoencoderConfig
 from model.config_io import ConfigError, from_dict, to_dict
-from model.networks import GAMMA_PATHWAYS
+from model.networks import GAMMA_EXTRAPOLATE, GAMMA_PATHWAYS
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class Recipe:
     gamma_embed_dim: int = 32
     gamma_pathway: str = "embedding"  # where gamma enters the student (model/networks.py)
     gamma_scale: float = 1.0  # gamma's Fourier features are taken of gamma * gamma_scale
+    gamma_extrapolate: tuple[str, ...] = ()  # "class", "text": conditions pushed from the null one by gamma (model/networks.py)
     weighting: str = "snr+1"  # x-MSE weighting: "snr+1" (= v-MSE) or "truncated-snr"
     p_uncond: float = 0.1  # teacher: drop the whole condition (the null branch of CFG)
     p_drop_each: float = 0.3  # teacher: drop class or caption alone, so either serves on its own
@@ -100,6 +101,8 @@ class Recipe:
             raise ConfigError(f"gamma_pathway must be one of {GAMMA_PATHWAYS}, got {self.gamma_pathway!r}")
         if not self.gamma_scale > 0:
             raise ConfigError(f"gamma_scale must be > 0, got {self.gamma_scale}")
+        if set(self.gamma_extrapolate) - set(GAMMA_EXTRAPOLATE):
+            raise ConfigError(f"gamma_extrapolate may hold {GAMMA_EXTRAPOLATE}, got {list(self.gamma_extrapolate)}")
         if self.weighting not in ("snr+1", "truncated-snr"):
             raise ConfigError(f"weighting must be 'snr+1' or 'truncated-snr', got {self.weighting!r}")
 

@@ -110,3 +110,37 @@ def test_inpainting_keeps_the_known_region_on_its_noising_path_at_every_step():
         path = schedule.alpha_t(t) * x_known + schedule.sigma_t(t) * z1
         assert torch.allclose(z[kept], path[kept], atol=1e-9), t_val
     assert not torch.allclose(out[~kept], x_known[~kept], atol=1e-2)
+
+
+@pytest.mark.parametrize("extrapolate", [("class",), ("text",), ("class", "text")])
+def test_extrapolated_conditions_start_at_the_teacher_and_follow_gamma(tiny_unet, extrapolate):
+    """With gamma_extrapolate, a fresh student is its teacher at gamma = 0, and at gamma > 0 it is
+    exactly the teacher fed the pushed condition null + (1 + gamma)(c - null); rows whose condition
+    is dropped are untouched."""
+    from model.networks import extrapolate as push
+
+    student = gamma_student_from_teacher(tiny_unet, gamma_embed_dim=16, extrapolate=extrapolate).eval()
+    cond = tiny_cond(4)
+    z, t = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)), torch.full((4,), 0.6)
+    with torch.no_grad():
+        assert torch.allclose(student(z, t, cond, 0.0), tiny_unet(z, t, cond), atol=1e-6)
+        gamma = torch.tensor([0.0, 1.0, 2.5, 4.0])
+        moved = student(z, t, cond, gamma)
+        assert not torch.allclose(moved[1:], tiny_unet(z[1:], t[1:], cond.index(slice(1, 4))), atol=1e-4)
+        # the same move by hand: the teacher with pushed weights for one gamma at a time
+        unet = tiny_unet.backbone.unet
+        for k in range(1, 4):
+            teacher = Denoiser(tiny_unet.network_config)
+            teacher.load_state_dict(tiny_unet.state_dict())
+            teacher.eval()
+            c = cond.index(slice(k, k + 1))
+            if "class" in extrapolate:
+                w = unet.class_embedding.weight
+                pushed = w.clone()
+                pushed[c.labels] = push(w[c.labels], w[-1:], gamma[k : k + 1])
+                teacher.backbone.unet.class_embedding.weight.copy_(pushed)
+            if "text" in extrapolate:
+                c = type(c)(labels=c.labels, text=push(c.text, tiny_unet.backbone.null_text, gamma[k : k + 1]), text_mask=c.text_mask, context=c.context)
+            assert torch.allclose(moved[k : k + 1], teacher(z[k : k + 1], t[k : k + 1], c), atol=1e-5)
+        dropped = cond.drop(drop_labels=torch.ones(4, dtype=torch.bool), drop_text=torch.ones(4, dtype=torch.bool))
+        assert torch.allclose(student(z, t, dropped, gamma), tiny_unet(z, t, dropped), atol=1e-6)

@@ -1,11 +1,20 @@
-"""Load and fault test: `python -m service` plus a second worker process, with that worker
-killed and restarted midway.
+"""Load, fault and soak tests against real processes and a real redis-server.
 
-    python -m benchmarks.load [--requests 1000] [--concurrency 32] [--out docs/load-test.md]
+    python -m benchmarks.load [--mode both|load|soak] [--requests 1000] [--concurrency 32]
+        [--soak-requests 300] [--out docs/load-test.md]
 
-A bounded asyncio load generator sends a mix of endpoints (class, text, img2img, inpaint,
-OpenAI generations), step counts, samplers and gamma. Reports throughput, p50/p99 latency,
-status counts and lost requests (no HTTP answer). Target: nothing lost, no 5xx.
+load: `python -m service` plus a second worker process, with that worker killed and restarted
+midway. A bounded asyncio load generator sends a mix of endpoints (class, text, img2img,
+inpaint, OpenAI generations), step counts, samplers and gamma. Reports throughput, p50/p99
+latency, status counts and lost requests (no HTTP answer). Target: nothing lost, no 5xx.
+
+soak: the API alone plus two worker processes, one of them slow (its batches outlast the
+takeover time), a poison request (a worker that draws it exits at once; the benchmark
+restarts dead workers, as a supervisor would) and a Redis SIGKILLed and restarted from its
+append-only file midway. Clients retry 503s after Retry-After, as well-behaved ones do.
+Targets: every request ends exactly once (executions counted from the workers' own logs),
+no 5xx except the poison request's clear failure, and Redis memory after the run within 10%
+of before.
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ import base64
 import collections
 import io
 import random
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import redis
 from PIL import Image
 
 from benchmarks.hardware import describe
@@ -120,13 +131,185 @@ def report(r: dict) -> str:
     )
 
 
+POISON = "a poison pill"
+
+
+def _memory(url: str) -> tuple[int, int]:
+    """(used_memory, used_memory_dataset): all of Redis's memory, and its data alone."""
+    info = redis.Redis.from_url(url).info("memory")
+    return int(info["used_memory"]), int(info["used_memory_dataset"])
+
+
+def _executed(logs: Path) -> collections.Counter:
+    """Job id -> how many times a worker ran it, from the workers' debug logs."""
+    return collections.Counter(job for p in logs.glob("worker-*.log") for line in p.read_text().splitlines()
+                               if (m := re.search(r" ran ((?:[0-9a-f]{32} ?)+)$", line)) for job in m.group(1).split())
+
+
+async def _post_retrying(client: httpx.AsyncClient, path: str, body: dict, stats: collections.Counter) -> httpx.Response | None:
+    """POST, retrying 503 (after Retry-After) and connection errors for up to two minutes."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            r = await client.post(path, json=body)
+            if r.status_code != 503 or time.monotonic() > deadline:
+                return r
+            stats["retried 503"] += 1
+            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                return None
+            stats["retried transport error"] += 1
+            await asyncio.sleep(1.0)
+
+
+def soak(total: int, concurrency: int) -> dict:
+    logs = Path(tempfile.mkdtemp(prefix="fewstep-soak-"))
+    server = RedisServer(appendonly=True)
+    settings = {"queue_prefix": "soak", "claim_idle_ms": 1500, "max_deliveries": 3, "queue_capacity": 1024, "request_timeout_s": 180,
+                "torch_threads": 1, "test_crash_prompt": POISON, "log_level": "debug"}
+    svc = Service(server.url, log_dir=logs, args=("--workers", "0"), **settings)
+    kinds = {"normal": {}, "slow": {"test_batch_delay_s": 2.5}}  # the slow one's batches outlast the 1.5 s takeover time
+    workers: dict[str, WorkerProcess] = {}
+    restarts = collections.Counter()
+
+    def start(kind: str) -> None:
+        workers[kind] = WorkerProcess(server.url, log_dir=logs, name=f"{kind}-{restarts[kind]}", **settings, **kinds[kind])
+
+    for kind in kinds:
+        start(kind)
+    memory_fresh = _memory(server.url)
+    events: list[str] = []
+
+    async def warm_up() -> None:  # fills the connection pools, so that the baseline is a running service's
+        rng = random.Random(2)
+        requests = [make_request(k, rng) for k in range(2 * concurrency)]
+        async with httpx.AsyncClient(base_url=svc.url, timeout=240) as client:
+            await asyncio.gather(*(client.post(path, json=body) for path, body in requests))
+
+    asyncio.run(warm_up())
+    time.sleep(1.0)
+    memory_before = _memory(server.url)
+    warm_up_runs = _executed(logs)
+
+    async def supervise(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for kind, w in list(workers.items()):
+                if w.proc.poll() is not None:
+                    restarts[kind] += 1
+                    events.append(f"{kind} worker exited ({w.proc.returncode}); restarted")
+                    print(f"[soak] {events[-1]}", flush=True)
+                    try:
+                        await asyncio.to_thread(start, kind)
+                    except Exception as exc:  # noqa: BLE001 - e.g. it died again before it was ready: try again
+                        print(f"[soak] restarting the {kind} worker failed ({exc}); trying again", flush=True)
+            await asyncio.sleep(0.3)
+
+    async def run() -> dict:
+        rng = random.Random(1)
+        work = [make_request(k, rng) for k in range(total)]
+        work.insert(total // 4, ("/v1/txt2img", {"prompt": POISON, "steps": 2, "seed": 1}))
+        answers: list = [None] * len(work)
+        stats: collections.Counter = collections.Counter()
+        next_item = iter(range(len(work)))
+        stop = asyncio.Event()
+        supervisor = asyncio.create_task(supervise(stop))
+        started = time.perf_counter()
+
+        async def client_loop(client):
+            for k in next_item:
+                path, body = work[k]
+                answers[k] = await _post_retrying(client, path, body, stats)
+                if k == len(work) // 2:
+                    server.proc.kill()  # SIGKILL; it comes back from its append-only file
+                    server.proc.wait()
+                    events.append(f"redis-server SIGKILLed at request {k}")
+                    print(f"[soak] {events[-1]}", flush=True)
+                    await asyncio.sleep(1.0)
+                    await asyncio.to_thread(server.start)
+                    events.append("redis-server restarted from its append-only file")
+
+        async with httpx.AsyncClient(base_url=svc.url, timeout=240, limits=httpx.Limits(max_connections=concurrency)) as client:
+            await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await supervisor
+        return {"answers": answers, "work": work, "stats": stats, "seconds": elapsed}
+
+    try:
+        out = asyncio.run(run())
+        time.sleep(2.0)  # let the last heartbeats and acknowledgements land
+        client = redis.Redis.from_url(server.url)
+        leftovers = {"stream entries": client.xlen("soak:requests"), "dead letters": client.xlen("soak:dead"),
+                     "keys (bytes)": {k.decode(): client.memory_usage(k) for k in sorted(client.scan_iter(count=1000))}}
+        memory_after = _memory(server.url)
+    finally:
+        for w in workers.values():
+            w.kill()
+        svc.stop()
+        server.stop()
+    ran = _executed(logs) - warm_up_runs
+    statuses = collections.Counter(r.status_code if r is not None else "no answer" for r in out["answers"])
+    poison = out["answers"][total // 4]
+    return {
+        "requests": len(out["work"]), "concurrency": concurrency, "seconds": out["seconds"], "statuses": dict(sorted(statuses.items(), key=str)),
+        "retries": dict(out["stats"]), "executions": sum(ran.values()), "jobs_run": len(ran), "jobs_run_twice": sum(1 for n in ran.values() if n > 1),
+        "poison": f"{poison.status_code} {poison.json().get('detail', '')}" if poison is not None else "no answer",
+        "memory_fresh": memory_fresh, "memory_before": memory_before, "memory_after": memory_after, "leftovers": leftovers, "events": events, "restarts": dict(restarts),
+    }
+
+
+def soak_report(r: dict) -> str:
+    ok_answers = r["statuses"].get(200, 0)
+    others = {s: n for s, n in r["statuses"].items() if s != 200}
+    once = r["jobs_run_twice"] == 0 and r["jobs_run"] == ok_answers == r["requests"] - 1
+    poison_ok = r["poison"].startswith("500") and "delivered" in r["poison"]
+    memory_ok = r["memory_after"][0] <= 1.1 * r["memory_before"][0]
+    (fresh, fresh_data), (before, before_data), (after, after_data) = r["memory_fresh"], r["memory_before"], r["memory_after"]
+    return "\n".join(
+        [
+            f"- requests: {r['requests']} (one of them the poison request) at concurrency {r['concurrency']}, in {r['seconds']:.1f} s",
+            f"- HTTP statuses (after clients' retries of 503): {r['statuses']}; retries: {r['retries'] or 'none'}",
+            f"- executions counted from the workers' logs: {r['executions']} runs of {r['jobs_run']} distinct requests; run more than once: {r['jobs_run_twice']}",
+            f"- the poison request's answer: {r['poison']}",
+            f"- events: {'; '.join(r['events'])}",
+            f"- Redis used_memory: {before} bytes before the soak (after a warm-up of 32 requests that fills the connection pools; "
+            f"{fresh} on the fresh server), {after} after ({after / before:.2f}x); its data alone (used_memory_dataset): "
+            f"{fresh_data} on the fresh server, {before_data} before, {after_data} after; left over: {r['leftovers']}",
+            f"- target, every request ends exactly once (each 200 ran once, nothing ran twice): {'met' if once else 'MISSED'}",
+            f"- target, no 5xx except the poison request's clear failure: {'met' if poison_ok and set(others) <= {500} and others.get(500, 0) == 1 else 'MISSED'}",
+            f"- target, Redis memory after within 10% of before: {'met' if memory_ok else 'MISSED'}",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["both", "load", "soak"], default="both")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--soak-requests", type=int, default=300)
     parser.add_argument("--claim-idle-ms", type=int, default=3000, help="how soon a dead worker's requests are taken over")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    sections = []
+    if args.mode in ("both", "load"):
+        sections.append(load_section(args))
+    if args.mode in ("both", "soak"):
+        text = soak_report(soak(args.soak_requests, 16))
+        print(text)
+        sections.append(
+            f"## Soak: a slow worker, a poison request, a Redis restart\n\n`python -m benchmarks.load --mode soak --soak-requests {args.soak_requests}`: "
+            "the API alone and two `python -m service.worker` processes (one whose batches take 2.5 s longer than its model "
+            "needs, against a 1.5 s takeover time), `FEWSTEP_MAX_DELIVERIES=3`, a redis-server with an append-only file.\n\n" + text
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"# Load and fault tests\n\nMeasured on {time.strftime('%Y-%m-%d')}, {describe('cpu')}, with the built-in `shapes` family.\n\n" + "\n\n".join(sections) + "\n")
+    return 0
+
+
+def load_section(args) -> str:
     logs = Path(tempfile.mkdtemp(prefix="fewstep-load-"))
     redis_server = RedisServer()
     settings = {"queue_prefix": "load", "claim_idle_ms": args.claim_idle_ms, "queue_capacity": 1024}
@@ -150,16 +333,13 @@ def main() -> int:
     took_over = sum("took over" in p.read_text() for p in logs.glob("*.log"))
     text = report(result) + f"\n- processes that took over a dead worker's requests (XAUTOCLAIM): {took_over}"
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            "# Load and fault test\n\n"
-            f"`python -m benchmarks.load --requests {args.requests} --concurrency {args.concurrency}` on {time.strftime('%Y-%m-%d')}: "
-            f"`python -m service` (API + one worker) and a second `python -m service.worker` process on {describe('cpu')}, "
-            "the built-in `shapes` family, a real redis-server. Mixed endpoints (class, text, img2img, inpaint, OpenAI "
-            "generations), steps 1/2/4/8, 25% stochastic, gamma in {0, 0.3, 1, 2, 4}.\n\n" + text + "\n"
-        )
-    return 0
+    return (
+        "## Load, and a worker killed midway\n\n"
+        f"`python -m benchmarks.load --mode load --requests {args.requests} --concurrency {args.concurrency}`: "
+        "`python -m service` (API + one worker) and a second `python -m service.worker` process, a real redis-server. "
+        "Mixed endpoints (class, text, img2img, inpaint, OpenAI generations), steps 1/2/4/8, 25% stochastic, "
+        "gamma in {0, 0.3, 1, 2, 4}.\n\n" + text
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ t_{i-1}, i = N..1. Build it once with `schedule.time_grid(N)`: the uniform grid 
 that the distilled students were trained on. `z` is the starting point: pure noise at t = 1,
 or (img2img) a noised image at t_start. `start` (B,) holds, per sample, the grid index i to
 start from (default N); a sample waits, unchanged, until the loop reaches its start.
-`callback(k, n, x_hat)`, when given, is called after every step k = 0..n-1 (n = N) with that
-step's prediction of the clean sample (progress previews).
+`callback(k, n, x_hat)`, when given, is called after every step k = 0..n-1 (n = N) that some
+sample takes (img2img skips those above its start) with that step's prediction of the clean
+sample (progress previews).
 """
 
 from __future__ import annotations
@@ -153,8 +154,10 @@ def img2img_start(
 
 
 def grid_start(strength: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The index i of the grid time t_i at or below t = strength (within 1e-6)."""
-    index = torch.searchsorted(grid.to(strength.device), strength.double() + 1e-6, right=True) - 1
+    """The index i of the grid time t_i at or below t = strength, within a millionth of a grid
+    interval; compared in strength's dtype."""
+    tolerance = 1e-6 / (len(grid) - 1)
+    index = torch.searchsorted(grid.to(strength.device, strength.dtype), strength + tolerance, right=True) - 1
     return index.clamp(0, len(grid) - 1)
 
 
@@ -167,8 +170,8 @@ def img2img_evaluations(strength: float, grid: torch.Tensor) -> int:
 
 
 def off_grid(t: torch.Tensor, start: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Which samples start between grid times (t > t_start)."""
-    return t.double() > grid.to(t.device)[start] + 1e-6
+    """Which samples start between grid times (t > t_start), compared in t's dtype."""
+    return t > grid.to(t.device, t.dtype)[start] + 1e-6
 
 
 def step_to_grid(denoise: Denoise, z: torch.Tensor, cond: Cond, *, t: torch.Tensor, start: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

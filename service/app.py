@@ -11,14 +11,13 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors, metrics
 from .openai_routes import router as openai_router
-from .queue import RedisQueue
+from .queue import RedisQueue, connect
 from .registry import Registry
 from .routes import router
 from .settings import Settings
@@ -71,9 +70,8 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
         raise ValueError("no Redis: set REDIS_URL, or run `python -m service`, which starts an embedded one")
     workers = settings.workers if workers is None else workers
     registry = Registry(settings.models_dir, settings.default_model)
-    client = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=5)
-    waiter = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=5)
-    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter))
+    client, waiter = connect(redis_url), connect(redis_url, blocking=True)
+    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter), workers=workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

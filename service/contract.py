@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Job.store_result
 
 Format = Literal["png", "jpeg", "webp"]
 Endpoint = Literal["generate", "txt2img", "img2img", "inpaint"]
@@ -39,7 +39,7 @@ class JobItem(_Model):
 class Job(_Model):
     """A checked request: one student (model, steps, stochastic), one output format, its items."""
 
-    version: Literal[1] = FORMAT_VERSION
+    version: Literal[2] = FORMAT_VERSION
     id: str
     endpoint: Endpoint
     model: str
@@ -48,13 +48,14 @@ class Job(_Model):
     format: Format
     created: float  # unix time
     deadline: float  # unix time; a worker that reaches the job later fails it (504)
+    store_result: bool = False  # True: kept for GET /v1/jobs/{id}; False: handed to the waiting request only
     items: list[JobItem] = Field(min_length=1)
 
 
 class JobResult(_Model):
     """What a job came to: images (base64 of the encoded files) or an error with an HTTP status."""
 
-    version: Literal[1] = FORMAT_VERSION
+    version: Literal[2] = FORMAT_VERSION
     status: Literal["succeeded", "failed"]
     code: int = 200  # the HTTP status a synchronous request answers with
     error: str | None = None
@@ -92,18 +93,20 @@ def read_job(raw: str | bytes | None) -> Job:
         raise BadEntry("the queue entry has no 'job' field", None)
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadEntry(f"the queue entry is not JSON ({exc})", None) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadEntry(f"the queue entry is not JSON ({type(exc).__name__})", None) from None
     job_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
     if not isinstance(data, dict):
         raise BadEntry("the queue entry is not a JSON object", None)
     if data.get("version") != FORMAT_VERSION:
         raise BadEntry(f"the queue entry is a job of format version {data.get('version')!r}; this worker reads version {FORMAT_VERSION}", job_id)
     try:
-        return Job.model_validate(data)
+        return Job.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)[:3])
         raise BadEntry(f"the queue entry is not a valid job ({problems})", job_id) from None
+    except Exception as exc:  # noqa: BLE001 - whatever an entry holds, it must not stop the worker
+        raise BadEntry(f"the queue entry could not be read ({type(exc).__name__})", job_id) from None
 
 
 def read_result(raw: str | bytes) -> JobResult:

@@ -13,8 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.validation import InvalidRequest
@@ -76,7 +75,12 @@ async def _unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis unreachable: %s", exc)
-    return error_response(request.url.path, 503, "the request queue (Redis) is unreachable; retry shortly", headers={"Retry-After": "2"})
+    return error_response(request.url.path, 503, "the request queue (Redis) is unreachable or refusing writes; retry shortly", headers={"Retry-After": "2"})
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected failure on %s", request.url.path, exc_info=exc)
+    return error_response(request.url.path, 500, "internal error; it has been logged")
 
 
 def install(app: FastAPI) -> None:
@@ -85,5 +89,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(UnknownModel, _unknown_model)
-    for kind in (RedisConnectionError, RedisTimeoutError):
-        app.add_exception_handler(kind, _redis_down)
+    app.add_exception_handler(RedisError, _redis_down)  # unreachable, timed out, OOM, READONLY...
+    app.add_exception_handler(Exception, _unexpected)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import PUBLIC_FIELDS, Job, JobResult
 from .images import MEDIA_TYPES
@@ -14,20 +17,38 @@ from .queue import QueueFull
 from .state import State
 
 
+SUBMIT_RETRY_S = 5.0  # how long a submit that lost its answer is retried
+
+
 async def enqueue(state: State, job: Job) -> str:
-    try:
-        return await state.queue.submit(job, state.settings.queue_capacity)
-    except QueueFull:
-        raise HTTPException(429, f"the queue is full ({state.settings.queue_capacity} requests); retry later", headers={"Retry-After": "1"}) from None
+    """Submit a job. A submit that timed out or lost its connection may have been queued all the
+    same: it is retried for a few seconds (submitting is idempotent by job id, so the request is
+    never queued twice), and only then does the client get a 503 to retry."""
+    give_up = time.monotonic() + SUBMIT_RETRY_S
+    backoff = 0.1
+    while True:
+        try:
+            return await state.queue.submit(job, state.settings.queue_capacity)
+        except QueueFull:
+            raise HTTPException(429, f"the queue is full ({state.settings.queue_capacity} requests); retry later", headers={"Retry-After": "1"}) from None
+        except (RedisTimeoutError, RedisConnectionError):
+            if time.monotonic() + backoff > give_up:
+                raise
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, 1.0)
 
 
 async def run_job(request: Request, state: State, job: Job) -> JobResult:
-    """Queue a job and wait for its result; 429 when full, 504 past the deadline."""
+    """Queue a job and wait for its result; 429 when full, 504 past the deadline. A result that
+    lands at the deadline is still returned."""
     request.state.steps = job.steps
     await enqueue(state, job)
     result = await state.queue.wait(job.id, job.deadline - time.time())
     if result is None:
-        await state.queue.cancel(job.id)
+        outcome = await state.queue.cancel(job.id)
+        if outcome in ("succeeded", "failed"):  # it finished as the wait ended
+            result = await state.queue.handed_over(job.id)
+    if result is None:
         raise HTTPException(504, f"no result within {state.settings.request_timeout_s:g}s (queue depth {await state.queue.depth()}); retry later")
     if result.status != "succeeded":
         raise HTTPException(result.code, result.error or "generation failed")

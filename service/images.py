@@ -11,7 +11,6 @@ import warnings
 import numpy as np
 from PIL import Image
 
-FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 

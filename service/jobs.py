@@ -24,12 +24,13 @@ def limits(settings: Settings) -> Limits:
     return Limits(default_steps=settings.default_steps, default_guidance=settings.default_guidance, max_prompt_chars=settings.max_prompt_chars)
 
 
-def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Settings, *, deadline_s: float, images: dict | None = None) -> Job:
+def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Settings, *, deadline_s: float, images: dict | None = None, store_result: bool = False) -> Job:
     """Check a parsed body against its family and turn it into a job. Raises InvalidRequest or
     ImageError (both say what is wrong).
 
     `images` may carry already decoded uploads {"image": PIL image, "mask": (H, W) bool array}
     (the OpenAI edits endpoint, whose mask is an alpha channel); otherwise they come from the body.
+    `store_result`: keep the result for GET /v1/jobs/{id} (else it goes to the waiting request only).
     """
     if images is None:
         images = decode_body_images(body, settings)
@@ -66,6 +67,7 @@ def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Setting
         format=body.format,
         created=now,
         deadline=now + deadline_s,
+        store_result=store_result,
         items=[JobItem(**item, seed=seed + k) for k in range(body.n)],
     )
 

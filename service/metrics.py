@@ -18,3 +18,5 @@ MODEL_TIME = Histogram("fewstep_batch_model_seconds", "Model time per batch", ["
 IMAGES = Counter("fewstep_images_generated_total", "Images generated", ["model"])
 QUEUE_DEPTH = Gauge("fewstep_queue_depth", "Requests queued or running")
 LIVE_WORKERS = Gauge("fewstep_live_workers", "Workers with a recent heartbeat")
+JOBS_EXECUTED = Counter("fewstep_jobs_executed_total", "Requests a worker ran through a model (a request taken over after a crash counts again)")
+DEAD_LETTERS = Counter("fewstep_dead_letters_total", "Requests failed for being delivered too often (copied to the dead-letter stream)")

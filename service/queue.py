@@ -1,17 +1,21 @@
 """The request queue: a Redis Stream read by workers through one consumer group.
 
 Keys, under a prefix p (default "fewstep"):
-  p:requests      the stream; one entry per request (field "job": a contract.Job). Entries are deleted
-                  once finished or cancelled, so its length is the queue depth (waiting + running)
-                  and bounds the queue.
-  group "workers" delivers each entry to one worker. An entry a worker read but never
-                  acknowledged (the worker died mid-batch) is taken over by another with XAUTOCLAIM.
+  p:requests      the stream; one entry per request (field "job": a contract.Job). Entries are
+                  deleted once finished (or cancelled before a worker started them), so its length
+                  is the queue depth (waiting + running) and bounds the queue.
+  group "workers" delivers each entry to one worker. A worker keeps the entries it holds fresh
+                  (`touch`) while it works; an entry left idle for claim_idle_ms belongs to a dead
+                  worker and is taken over (XAUTOCLAIM). An entry delivered more than
+                  max_deliveries times is failed and copied to the dead-letter stream.
+  p:dead          the dead-letter stream: requests that ended their workers too often (job, reason).
   p:job:{id}      hash: status (queued, running, succeeded, failed, cancelled), stream id, times.
-  p:result:{id}   the result (a contract.JobResult); expires after job_ttl_s.
-  p:done:{id}     a list that a waiting HTTP request blocks on (BLPOP); it receives the result.
+  p:result:{id}   an asynchronous job's result (a contract.JobResult), kept job_ttl_s.
+  p:done:{id}     a synchronous request's result, handed over to the request waiting on it
+                  (BLPOP); kept HANDOVER_TTL_S at most.
   p:workers       sorted set: worker name -> time of its last heartbeat.
-Finishing is idempotent: a request completed twice (a slow worker and the one that took it
-over) stores the same result twice, and a cancelled request stays cancelled.
+The first finish wins: a later one (a worker that was thought dead) changes nothing, and a
+cancelled request stays cancelled. Submitting is idempotent by job id.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import BadEntry, Job, JobResult, read_job, read_result
 
 GROUP = "workers"
+HANDOVER_TTL_S = 60  # a synchronous result waits this long for its request at most
+DEAD_LETTER_MAXLEN = 10_000
 
 _SUBMIT = """
+local known = redis.call('HGET', KEYS[2], 'stream_id')
+if known then return known end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
 local sid = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'stream_id', sid, 'created', ARGV[3])
@@ -46,16 +56,22 @@ return 0
 
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if st and st ~= 'cancelled' then  -- not cancelled, not expired
-  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+local won = 0
+if st == 'queued' or st == 'running' then
+  won = 1
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished', ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('LPUSH', KEYS[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  if ARGV[7] == '1' then
+    redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+  else
+    redis.call('LPUSH', KEYS[3], ARGV[1])
+    redis.call('EXPIRE', KEYS[3], ARGV[8])
+    redis.call('EXPIRE', KEYS[1], ARGV[8])
+  end
 end
 redis.call('XACK', KEYS[4], ARGV[6], ARGV[5])
 redis.call('XDEL', KEYS[4], ARGV[5])
-return st
+return won
 """
 
 _CANCEL = """
@@ -63,9 +79,11 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
 if st == 'queued' or st == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished', ARGV[2])
-  local sid = redis.call('HGET', KEYS[1], 'stream_id')
-  redis.call('XACK', KEYS[2], ARGV[1], sid)
-  redis.call('XDEL', KEYS[2], sid)
+  if st == 'queued' then  -- no worker started it: nobody else will remove its entry
+    local sid = redis.call('HGET', KEYS[1], 'stream_id')
+    redis.call('XACK', KEYS[2], ARGV[1], sid)
+    redis.call('XDEL', KEYS[2], sid)
+  end
   redis.call('LPUSH', KEYS[3], ARGV[4])
   redis.call('EXPIRE', KEYS[3], ARGV[3])
   return 'cancelled'
@@ -73,10 +91,64 @@ end
 return st
 """
 
+_TOUCH = """
+local n = 0
+for i, sid in ipairs(ARGV) do
+  if i > 1 then
+    local p = redis.call('XPENDING', KEYS[1], 'workers', sid, sid, 1)
+    if p[1] and p[1][2] == ARGV[1] then
+      redis.call('XCLAIM', KEYS[1], 'workers', ARGV[1], 0, sid, 'JUSTID')
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+_PRUNE = """
+local gone = {}
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], 'workers')
+if not ok then return gone end
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if (ARGV[2] == '' or f['name'] == ARGV[2]) and tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[1]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', f['name'])
+    table.insert(gone, f['name'])
+  end
+end
+return gone
+"""
+
+CANCELLED = JobResult.failed(409, "the request was cancelled")
+
+
+def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
+    """A client that notices a dead connection: connect and read timeouts, TCP keepalive and a
+    health check. `blocking`: no read timeout, for the long BLPOP waits of synchronous requests
+    (those carry their own timeout)."""
+    tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # a unix socket has no keepalive
+    return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else 10, health_check_interval=5, **tcp)
+
 
 class QueueFull(Exception):
     """The queue holds `capacity` requests already."""
 
+
+_PRUNE = """
+local gone = {}
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], 'workers')
+if not ok then return gone end
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if (ARGV[2] == '' or f['name'] == ARGV[2]) and tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[1]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', f['name'])
+    table.insert(gone, f['name'])
+  end
+end
+return gone
+"""
 
 CANCELLED = JobResult.failed(409, "the request was cancelled")
 
@@ -86,6 +158,8 @@ class Entry:
     stream_id: str
     job: Job | None  # None: an entry that is not a job of this format (`problem` says why)
     problem: BadEntry | None = None
+    deliveries: int = 1  # how many times the group delivered it (2 and more: taken over)
+    raw: bytes | str | None = None  # the entry's job field as stored (for the dead-letter stream)
 
     @property
     def job_id(self) -> str | None:
@@ -102,10 +176,11 @@ def _entries(raw) -> list[Entry]:
         if fields is None:  # deleted while pending (Redis 6.2 reports it so)
             continue
         fields = {_decode(k): v for k, v in fields.items()}
+        raw = fields.get("job")
         try:
-            out.append(Entry(_decode(sid), read_job(fields.get("job"))))
+            out.append(Entry(_decode(sid), read_job(raw), raw=raw))
         except BadEntry as exc:
-            out.append(Entry(_decode(sid), None, exc))
+            out.append(Entry(_decode(sid), None, exc, raw=raw))
     return out
 
 
@@ -117,11 +192,14 @@ class RedisQueue:
         self.prefix = prefix
         self.job_ttl_s = job_ttl_s
         self.stream = f"{prefix}:requests"
+        self.dead = f"{prefix}:dead"
         self.workers_key = f"{prefix}:workers"
         self._submit = client.register_script(_SUBMIT)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
+        self._touch = client.register_script(_TOUCH)
+        self._prune = client.register_script(_PRUNE)
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -140,7 +218,8 @@ class RedisQueue:
                 raise
 
     async def submit(self, job: Job, capacity: int) -> str:
-        """Queue a job; raise QueueFull beyond `capacity` requests."""
+        """Queue a job; raise QueueFull beyond `capacity` requests. Idempotent by job id: submitting
+        a job again (a retry after a timeout) returns its stream id and queues nothing."""
         sid = await self._submit(
             keys=[self.stream, self.job_key(job.id)],
             args=[capacity, job.model_dump_json(), time.time(), self.job_ttl_s],
@@ -155,9 +234,29 @@ class RedisQueue:
         return _entries(raw[0][1]) if raw else []
 
     async def claim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
-        """Take over entries another consumer read but left unacknowledged for min_idle_ms."""
+        """Take over entries another consumer read but left untouched for min_idle_ms (it died);
+        each comes with its delivery count."""
         reply = await self.redis.xautoclaim(self.stream, GROUP, consumer, min_idle_ms, start_id="0-0", count=count)
-        return _entries(reply[1])
+        entries = _entries(reply[1])
+        if entries:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for e in entries:
+                    pipe.xpending_range(self.stream, GROUP, min=e.stream_id, max=e.stream_id, count=1)
+                for e, pending in zip(entries, await pipe.execute()):
+                    e.deliveries = int(pending[0]["times_delivered"]) if pending else 1
+        return entries
+
+    async def touch(self, consumer: str, stream_ids: list[str]) -> int:
+        """Reset the idle time of entries this consumer still holds (a live worker's work is
+        never taken over); returns how many it holds. Delivery counts are not changed."""
+        if not stream_ids:
+            return 0
+        return int(await self._touch(keys=[self.stream], args=[consumer, *stream_ids]))
+
+    async def dead_letter(self, entry: Entry, reason: str) -> None:
+        """Copy an entry to the dead-letter stream, for an operator to read (XRANGE p:dead - +)."""
+        fields = {"job": entry.raw or "", "reason": reason, "deliveries": entry.deliveries, "stream_id": entry.stream_id, "time": time.time()}
+        await self.redis.xadd(self.dead, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
 
     async def start(self, job_ids: list[str], consumer: str) -> list[bool]:
         """Mark jobs running (one round trip); False for those cancelled or expired (skip them)."""
@@ -167,33 +266,59 @@ class RedisQueue:
                 await self._start(keys=[self.job_key(job_id)], args=[consumer, now], client=pipe)
             return [bool(ok) for ok in await pipe.execute()]
 
-    async def finish(self, done: list[tuple[Entry, JobResult]]) -> None:
-        """Store results, wake their waiters, acknowledge the entries (an entry without a readable
-        job id is only acknowledged and deleted)."""
+    async def finish(self, done: list[tuple[Entry, JobResult]]) -> list[bool]:
+        """Record results and acknowledge the entries: an asynchronous job's result is stored, a
+        synchronous one handed to its waiting request. The first finish wins; returns, per entry,
+        whether this one did (an entry without a readable job id is only acknowledged)."""
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry, result in done:
                 job_id = entry.job_id or "-"
+                store = entry.job is not None and entry.job.store_result
                 await self._finish(
                     keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream],
-                    args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP],
+                    args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S],
                     client=pipe,
                 )
-            await pipe.execute()
+            return [bool(won) for won in await pipe.execute()]
 
     async def wait(self, job_id: str, timeout_s: float) -> JobResult | None:
-        """Block until the job finishes (its result) or timeout_s passes (None)."""
-        if timeout_s <= 0:
-            return await self.result(job_id)
+        """Block until a synchronous job's result is handed over, or timeout_s passes (None). A
+        Redis that goes away meanwhile (a restart) is waited for, up to the same deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return await self.handed_over(job_id)
+            try:
+                done = await asyncio.wait_for(self.waiter.blpop([self.done_key(job_id)], timeout=max(left, 0.01)), left + 5)
+            except asyncio.TimeoutError:  # a Redis that stopped answering
+                return None
+            except (ConnectionError, OSError, RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                continue
+            if done is None:
+                return None
+            await self._forget(job_id)
+            return read_result(done[1])
+
+    async def _forget(self, job_id: str) -> None:
+        """A handed-over job's status: nothing left to keep (it expires anyway if this fails)."""
         try:
-            done = await asyncio.wait_for(self.waiter.blpop([self.done_key(job_id)], timeout=timeout_s), timeout_s + 5)
-        except asyncio.TimeoutError:  # a Redis that stopped answering
+            await self.redis.delete(self.job_key(job_id))
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass
+
+    async def handed_over(self, job_id: str) -> JobResult | None:
+        """A synchronous job's result if it is waiting to be taken (no blocking)."""
+        raw = await self.redis.lpop(self.done_key(job_id))
+        if raw is None:
             return None
-        if done is None:
-            return None
-        return read_result(done[1])
+        await self._forget(job_id)
+        return read_result(raw)
 
     async def result(self, job_id: str) -> JobResult | None:
+        """An asynchronous job's stored result."""
         raw = await self.redis.get(self.result_key(job_id))
         return read_result(raw) if raw is not None else None
 
@@ -208,7 +333,7 @@ class RedisQueue:
 
     async def cancel(self, job_id: str) -> str | None:
         """'cancelled', or the status of a job that had already ended; None if unknown."""
-        st = await self._cancel(keys=[self.job_key(job_id), self.stream, self.done_key(job_id)], args=[GROUP, time.time(), self.job_ttl_s, CANCELLED.model_dump_json()])
+        st = await self._cancel(keys=[self.job_key(job_id), self.stream, self.done_key(job_id)], args=[GROUP, time.time(), HANDOVER_TTL_S, CANCELLED.model_dump_json()])
         return _decode(st) if st is not None else None
 
     async def depth(self) -> int:
@@ -218,7 +343,17 @@ class RedisQueue:
         await self.redis.zadd(self.workers_key, {worker: time.time()})
 
     async def leave(self, worker: str) -> None:
+        """A worker stops: forget its heartbeat, and its consumer unless it still holds entries
+        (deleting it would drop them from the group: another worker takes them over first)."""
         await self.redis.zrem(self.workers_key, worker)
+        await self.prune_consumers(only=worker)
+
+    async def prune_consumers(self, idle_ms: int = 0, only: str | None = None) -> list[str]:
+        """Delete consumers that hold no entries and have been idle for idle_ms: workers that are
+        gone (a live one deleted while it waits is recreated by its next read). Checked and
+        deleted in one script, so an entry delivered meanwhile is never dropped. Returns their names."""
+        gone = await self._prune(keys=[self.stream], args=[idle_ms, only or ""])
+        return [_decode(name) for name in gone]
 
     async def live_workers(self, window_s: float) -> int:
         now = time.time()

@@ -70,7 +70,7 @@ async def create_job(body: JobBody, request: Request, state: StateDep) -> JSONRe
     except ValidationError as exc:
         errors = [{"loc": ["body", "request", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_context=False)]
         return JSONResponse({"detail": errors}, status_code=422)
-    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s)
+    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True)
     request.state.steps = job.steps
     sid = await enqueue(state, job)
     position = await state.queue.position(sid)
@@ -127,6 +127,8 @@ async def readyz(state: StateDep) -> JSONResponse:
         return JSONResponse({"status": "failed", "detail": state.startup_error}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading", "detail": "models are loading and warming up"}, status_code=503)
+    if state.workers_stopped():
+        return JSONResponse({"status": "failed", "detail": "the workers of this process have stopped"}, status_code=503)
     await state.queue.redis.ping()  # 503 through the Redis handler when it is down
     return JSONResponse({"status": "ready"})
 

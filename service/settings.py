@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     queue_capacity: int = Field(default=256, ge=1)  # queued + running requests; beyond: 429
     request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of a synchronous request: 504
     job_ttl_s: int = Field(default=3600, ge=1)  # how long job results are kept
-    claim_idle_ms: int = Field(default=15000, ge=100)  # a request unacknowledged this long is taken over
+    claim_idle_ms: int = Field(default=15000, ge=100)  # a request its worker stopped refreshing this long ago is taken over
+    max_deliveries: int = Field(default=3, ge=1)  # a request delivered more often fails and goes to the dead-letter stream
     heartbeat_s: float = Field(default=2.0, gt=0)
     workers: int = Field(default=1, ge=0)  # workers inside `python -m service` (0: API only)
 
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=500, ge=1)
 
     log_level: str = "info"
+
+    # fault injection, for tests and soak runs only
+    test_batch_delay_s: float = Field(default=0.0, ge=0)  # every batch takes this much longer (a slow worker)
+    test_crash_prompt: str | None = None  # a worker that draws this prompt exits at once (a request that kills its worker)
 
     @field_validator("api_key", "redis_url", "models_dir", "fixed_batch", "torch_threads", mode="before")
     @classmethod

@@ -15,7 +15,12 @@ class State:
     settings: Settings
     registry: Registry
     queue: RedisQueue
+    workers: int = 0  # in-process workers
     ready: bool = False
     startup_error: str | None = None
     tasks: list = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def workers_stopped(self) -> bool:
+        """In-process workers were started and none is running any more."""
+        return self.workers > 0 and bool(self.tasks) and all(t.done() for t in self.tasks) and not self.stop.is_set()

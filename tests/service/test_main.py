@@ -59,3 +59,42 @@ def test_bad_settings_are_a_clear_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), FEWSTEP_DEFAULT_MODEL="nope")
     proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "default model 'nope' not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+def test_the_embedded_redis_keeps_no_snapshots_and_dies_with_a_killed_service(tmp_path):
+    import re
+
+    import redis
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("FEWSTEP_")}
+    env.update(PYTHONPATH=str(ROOT), FEWSTEP_WORKERS="0")
+    log = tmp_path / "service.log"
+    before = redis_servers()
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "REDIS_URL=unix://" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        (started,) = redis_servers() - before
+        socket_path = re.search(r"REDIS_URL=unix://(\S+)", log.read_text()).group(1)
+        client = redis.Redis(unix_socket_path=socket_path)
+        assert client.config_get("save")["save"] == ""
+        assert client.config_get("appendonly")["appendonly"] == "no"
+        assert client.config_get("stop-writes-on-bgsave-error")["stop-writes-on-bgsave-error"] == "no"
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code of the service runs
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(started), "the embedded redis-server outlived its killed parent"

@@ -26,9 +26,9 @@ def run(redis_server, body):
     return asyncio.run(main())
 
 
-def job(k=0):
+def job(k=0, store=False):
     return Job(id=uuid.uuid4().hex, endpoint="generate", model="shapes", steps=4, stochastic=False, format="png", created=0.0, deadline=1e12,
-               items=[JobItem(seed=k, guidance=1.0, class_label=k)])
+               store_result=store, items=[JobItem(seed=k, guidance=1.0, class_label=k)])
 
 
 def test_submit_read_finish_wait(redis_server):
@@ -41,7 +41,7 @@ def test_submit_read_finish_wait(redis_server):
         assert await q.start([j.id], "w1") == [True]
         await q.finish([(entry, JobResult(status="succeeded", images=["x"]))])
         assert await q.wait(j.id, 1) == JobResult(status="succeeded", images=["x"])
-        assert (await q.status(j.id))["status"] == "succeeded"
+        assert await q.status(j.id) is None  # handed over: nothing of it is kept
         assert await q.depth() == 0  # acknowledged and deleted
 
     run(redis_server, body)
@@ -60,7 +60,7 @@ def test_capacity_counts_waiting_and_running(redis_server):
 
 def test_duplicate_finish_is_harmless_and_cancel_sticks(redis_server):
     async def body(q):
-        a, b = job(1), job(2)
+        a, b = job(1, store=True), job(2)
         await q.submit(a, 10)
         await q.submit(b, 10)
         ea, eb = await q.read("w1", 10, block_ms=100)

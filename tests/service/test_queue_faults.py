@@ -1,0 +1,310 @@
+"""The queue under nasty faults, against real redis-servers and in-process workers (fake models):
+slow workers, requests that kill their workers, Redis refusing writes, cancellations behind a
+batch, retried submits, results at the deadline, departed consumers, result storage."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.contract import Job, JobItem, JobResult
+from service.handling import enqueue, run_job
+from service.queue import HANDOVER_TTL_S, RedisQueue, connect
+from service.settings import Settings
+from service.testing import RedisServer
+from service.worker import Worker
+
+
+def a_job(steps: int = 4, store: bool = False, deadline_s: float = 600.0, prompt: str = "a red circle") -> Job:
+    now = time.time()
+    return Job(id=uuid.uuid4().hex, endpoint="txt2img", model="shapes", steps=steps, stochastic=False, format="png", created=now,
+               deadline=now + deadline_s, store_result=store, items=[JobItem(seed=1, guidance=1.0, prompt=prompt)])
+
+
+class FakeRunner:
+    """Records what it runs (job ids per batch); `during` is called with each batch, in its thread."""
+
+    def __init__(self, during=None):
+        self.batches, self.during, self.lock = [], during, threading.Lock()
+
+    @property
+    def ran(self) -> list[str]:
+        return [j for b in self.batches for j in b]
+
+    def run(self, jobs):
+        with self.lock:
+            self.batches.append([j.id for j in jobs])
+        if self.during:
+            self.during(jobs)
+        return [JobResult(status="succeeded", model=j.model, steps=j.steps, images=["img"]) for j in jobs]
+
+
+def with_queue(redis_url: str, body):
+    async def main():
+        client = aioredis.from_url(redis_url)
+        queue = RedisQueue(client, prefix=f"q-{uuid.uuid4().hex[:8]}", job_ttl_s=120)
+        await queue.ensure_group()
+        try:
+            return await body(queue, client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+async def serve(workers: list[Worker], until, timeout_s: float = 60.0):
+    """Run workers until `until()` (a coroutine function) is true."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not await until():
+            assert time.monotonic() < deadline, "timed out"
+            assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+def test_a_slow_workers_requests_run_once(redis_server):
+    """Batches (1 s) far slower than the takeover time (0.4 s): a live worker keeps its requests."""
+
+    async def body(queue, client):
+        jobs = [a_job(steps=s) for s in (1, 2, 4, 8, 1, 2)]  # several batches per gather
+        for j in jobs:
+            await queue.submit(j, 100)
+        runner = FakeRunner()
+        settings = Settings(claim_idle_ms=400, max_wait_ms=50, max_batch_size=8, test_batch_delay_s=1.0, heartbeat_s=0.2)
+        results = {}
+
+        async def all_done():
+            for j in jobs:
+                if j.id not in results:
+                    r = await queue.handed_over(j.id)
+                    if r is not None:
+                        results[j.id] = r
+            return len(results) == len(jobs)
+
+        await serve([Worker(settings, queue, runner, name="w1"), Worker(settings, queue, runner, name="w2")], all_done)
+        assert sorted(runner.ran) == sorted(j.id for j in jobs)  # each exactly once
+        assert all(r.status == "succeeded" for r in results.values())
+        assert await queue.depth() == 0
+
+    with_queue(redis_server.url, body)
+
+
+def test_the_first_finish_wins(redis_server):
+    async def body(queue, client):
+        j = a_job(store=True)
+        await queue.submit(j, 10)
+        (entry,) = await queue.read("w1", 10, block_ms=None)
+        await queue.start([j.id], "w1")
+        ok = JobResult(status="succeeded", images=["first"])
+        assert await queue.finish([(entry, ok)]) == [True]
+        assert await queue.finish([(entry, JobResult.failed(500, "late failure"))]) == [False]
+        assert await queue.finish([(entry, JobResult.failed(410, "cancelled"))]) == [False]
+        assert await queue.result(j.id) == ok and (await queue.status(j.id))["status"] == "succeeded"
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_request_that_kills_its_workers_is_dead_lettered(redis_server):
+    async def body(queue, client):
+        poison = a_job(prompt="poison")
+        await queue.submit(poison, 10)
+        await queue.read("dead-0", 10, block_ms=None)  # delivery 1: its worker dies
+        for k in (1, 2):  # deliveries 2 and 3: taken over, and the workers die again
+            await asyncio.sleep(0.15)
+            assert [e.deliveries for e in await queue.claim(f"dead-{k}", 100, 10)] == [k + 1]
+        await asyncio.sleep(0.15)
+        runner = FakeRunner()
+        worker = Worker(Settings(claim_idle_ms=100, max_deliveries=3, max_wait_ms=0), queue, runner, name="w")
+        entries = await worker.gather()
+        assert [e.deliveries for e in entries] == [4]
+        await worker.process(entries)
+        assert runner.ran == []
+        result = await queue.wait(poison.id, 1)
+        assert (result.status, result.code) == ("failed", 500) and "delivered 4 times" in result.error
+        (dead,) = await client.xrange(queue.dead)
+        assert poison.id in dead[1][b"job"].decode() and b"delivered 4 times" in dead[1][b"reason"]
+        assert await queue.depth() == 0
+
+    with_queue(redis_server.url, body)
+
+
+def test_taken_over_requests_run_alone(redis_server):
+    async def body(queue, client):
+        stale = a_job()
+        await queue.submit(stale, 10)
+        await queue.read("dead", 10, block_ms=None)
+        fresh = [a_job(), a_job()]
+        for j in fresh:
+            await queue.submit(j, 10)
+        await asyncio.sleep(0.15)
+        runner = FakeRunner()
+        worker = Worker(Settings(claim_idle_ms=100, max_wait_ms=0), queue, runner, name="w")
+        entries = await worker.gather()
+        entries += await worker.gather() if len(entries) < 3 else []
+        await worker.process(entries)
+        assert runner.batches == [[stale.id], [fresh[0].id, fresh[1].id]]
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_redis_refusing_writes_does_not_end_the_worker():
+    server = RedisServer()
+    try:
+        async def body(queue, client):
+            j = a_job()
+            await queue.submit(j, 10)
+            await client.config_set("maxmemory-policy", "noeviction")
+            await client.config_set("maxmemory", 1)  # every write now answers OOM
+            runner = FakeRunner()
+            worker = Worker(Settings(claim_idle_ms=200, max_wait_ms=0, heartbeat_s=0.2), queue, runner, name="w")
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            await asyncio.sleep(2.0)
+            assert not task.done(), task.exception()  # backing off, not dead
+            assert runner.ran == []
+            await client.config_set("maxmemory", 0)
+            result = await queue.wait(j.id, 20)
+            stop.set()
+            await task
+            assert result is not None and result.status == "succeeded" and runner.ran == [j.id]
+
+        with_queue(server.url, body)
+    finally:
+        server.stop()
+
+
+def test_results_are_handed_over_or_stored_once(redis_server):
+    async def body(queue, client):
+        sync, stored = a_job(), a_job(store=True)
+        for j in (sync, stored):
+            await queue.submit(j, 10)
+        worker = Worker(Settings(max_wait_ms=0), queue, FakeRunner(), name="w")
+        await worker.process(await worker.gather())
+        assert not await client.exists(queue.result_key(sync.id))  # nobody could read it there
+        assert 0 < await client.ttl(queue.done_key(sync.id)) <= HANDOVER_TTL_S
+        assert (await queue.wait(sync.id, 1)).status == "succeeded"
+        assert not await client.exists(queue.done_key(sync.id))  # taken: gone
+        assert not await client.exists(queue.done_key(stored.id))  # one copy only
+        assert (await queue.result(stored.id)).status == "succeeded" and await client.ttl(queue.result_key(stored.id)) > 60
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_request_cancelled_behind_a_batch_does_not_run(redis_server):
+    async def body(queue, client):
+        first, second = a_job(steps=1), a_job(steps=2)  # two batches in one gather
+        for j in (first, second):
+            await queue.submit(j, 10)
+        loop = asyncio.get_running_loop()
+        runner = FakeRunner(during=lambda jobs: asyncio.run_coroutine_threadsafe(queue.cancel(second.id), loop).result() if jobs[0].id == first.id else None)
+        worker = Worker(Settings(max_wait_ms=0), queue, runner, name="w")
+        await worker.process(await worker.gather())
+        assert runner.ran == [first.id]
+        assert (await queue.wait(second.id, 1)).code == 409
+        assert await queue.depth() == 0
+
+    with_queue(redis_server.url, body)
+
+
+def test_cancelling_a_running_request_keeps_it_counted_until_its_worker_finishes(redis_server):
+    async def body(queue, client):
+        j = a_job()
+        await queue.submit(j, 1)
+        (entry,) = await queue.read("w", 10, block_ms=None)
+        await queue.start([j.id], "w")
+        assert await queue.cancel(j.id) == "cancelled"
+        assert await queue.depth() == 1  # still running: the 429 bound counts it
+        assert await queue.finish([(entry, JobResult(status="succeeded"))]) == [False]
+        assert await queue.depth() == 0
+
+    with_queue(redis_server.url, body)
+
+
+def test_submit_is_idempotent_and_a_timed_out_submit_is_retried_once(redis_server):
+    async def body(queue, client):
+        j = a_job()
+        assert await queue.submit(j, 10) == await queue.submit(j, 10)
+        assert await queue.depth() == 1
+        other = a_job()
+        calls = []
+
+        async def flaky_submit(job, capacity):  # queued, but the answer never came back
+            calls.append(job.id)
+            sid = await RedisQueue.submit(queue, job, capacity)
+            if len(calls) == 1:
+                raise RedisTimeoutError("Timeout reading from socket")
+            return sid
+
+        state = SimpleNamespace(queue=SimpleNamespace(submit=flaky_submit), settings=Settings())
+        await enqueue(state, other)
+        assert calls == [other.id, other.id] and await queue.depth() == 2
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_result_that_lands_at_the_deadline_is_returned(redis_server):
+    async def body(queue, client):
+        j = a_job(deadline_s=1.0)
+        await queue.submit(j, 10)
+        worker = Worker(Settings(max_wait_ms=0), queue, FakeRunner(), name="w")
+        await worker.process(await worker.gather())
+
+        class LateQueue(RedisQueue):  # the wait ended a moment before the result landed
+            async def wait(self, job_id, timeout_s):
+                return None
+
+        late = LateQueue(client, queue.prefix, queue.job_ttl_s)
+        state = SimpleNamespace(queue=late, settings=Settings())
+        result = await run_job(SimpleNamespace(state=SimpleNamespace()), state, j)
+        assert result.status == "succeeded"
+
+    with_queue(redis_server.url, body)
+
+
+def test_departed_consumers_are_removed(redis_server):
+    async def body(queue, client):
+        for name in ("ghost-1", "ghost-2"):  # workers that are gone
+            await client.xgroup_createconsumer(queue.stream, "workers", name)
+        j = a_job()
+        await queue.submit(j, 10)
+        await queue.read("holder", 1, block_ms=None)  # holds an entry: must stay
+        await asyncio.sleep(0.3)
+        await client.xgroup_createconsumer(queue.stream, "workers", "w")  # a worker that just started
+        assert sorted(await queue.prune_consumers(idle_ms=200)) == ["ghost-1", "ghost-2"]
+        await queue.leave("w")
+        names = {c["name"].decode() for c in await client.xinfo_consumers(queue.stream, "workers")}
+        assert names == {"holder"}
+
+    with_queue(redis_server.url, body)
+
+
+def test_clients_notice_a_dead_connection():
+    kwargs = connect("redis://127.0.0.1:6399/0").connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] and kwargs["socket_keepalive"] and kwargs["socket_connect_timeout"]
+    assert connect("redis://127.0.0.1:6399/0", blocking=True).connection_pool.connection_kwargs["socket_keepalive"]
+
+
+def test_readyz_knows_when_the_in_process_workers_have_stopped():
+    from service.state import State
+
+    async def main():
+        finished = asyncio.create_task(asyncio.sleep(0))
+        await finished
+        state = State(settings=Settings(), registry=None, queue=None, workers=1, ready=True, tasks=[finished])
+        assert state.workers_stopped()
+        state.stop.set()  # shutting down: expected
+        assert not state.workers_stopped()
+        assert not State(settings=Settings(), registry=None, queue=None, workers=0, tasks=[finished]).workers_stopped()
+
+    asyncio.run(main())

@@ -144,9 +144,7 @@ def img2img_start(
     """Start img2img at exactly t = strength: z = alpha_t x + sigma_t eps. Returns (z, t, start),
     start the index of the grid time at or below t (0 when t < t_1). A sample whose t lies
     between grid times needs one partial step down to t_start first (`step_to_grid`)."""
-    strength = torch.as_tensor(strength, dtype=torch.float32).expand(x.shape[0]).to(x.device)
-    if ((strength <= 0) | (strength > 1)).any():
-        raise ValueError("strength must lie in (0, 1]")
+    strength = torch.as_tensor(strength, dtype=torch.float32).expand(x.shape[0]).to(x.device)  # in (0, 1]: model/validation.py
     start = grid_start(strength, grid)
     eps = noise.randn(tuple(x.shape[1:]))
     t = strength.clamp_min(1e-4).to(x.dtype)  # sigma_t > 0 even in half precision

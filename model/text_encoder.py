@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import torch
 
-ENCODER_NAME = "all-MiniLM-L6-v2"
+from .prompt_length import ENCODER_NAME  # noqa: F401  (the name families record)
 TEXT_DIM = 384
 
 

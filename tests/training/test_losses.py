@@ -71,7 +71,7 @@ def ddim(denoise, z, t, s, cond):
 
 
 def one_step_x(z_t, z_s, t, s):
-    """Solve z_s = alpha_s x + sigma_s (z_t - alpha_t x) / sigma_t for x (DESIGN, stage 2)."""
+    """Solve z_s = alpha_s x + sigma_s (z_t - alpha_t x) / sigma_t for x (docs/design.md, stage 2)."""
     a_t, s_t, a_s, s_s = (schedule.expand_like(f(u), z_t) for f, u in ((schedule.alpha_t, t), (schedule.sigma_t, t), (schedule.alpha_t, s), (schedule.sigma_t, s)))
     return (z_s - s_s / s_t * z_t) / (a_s - s_s / s_t * a_t)
 
@@ -91,7 +91,7 @@ def test_stage2_target_makes_one_ddim_step_land_on_two_teacher_steps(student_tea
 
 
 class DistillOracle:
-    """The N-step student the DESIGN asks for, computed independently of training/losses.py.
+    """The N-step student docs/design.md asks for, computed independently of training/losses.py.
     Deterministic: from t = i/N, two teacher steps on (t, t - 1/2N, t - 1/N). Stochastic: two
     teacher steps of 1/N to t - 2/N when i >= 2, the teacher's own x_hat at i = 1."""
 

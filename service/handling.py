@@ -13,18 +13,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import PUBLIC_FIELDS, Job, JobResult
 from .images import MEDIA_TYPES
-from .queue import QueueFull
+from .queue import SOCKET_TIMEOUT_S, QueueFull
 from .state import State
 
 
-SUBMIT_RETRY_S = 5.0  # how long a submit that lost its answer is retried
+SUBMIT_RETRY_S = 3 * SOCKET_TIMEOUT_S  # a submit that lost its answer is retried this long (within its deadline)
 
 
 async def enqueue(state: State, job: Job) -> str:
     """Submit a job. A submit that timed out or lost its connection may have been queued all the
-    same: it is retried for a few seconds (submitting is idempotent by job id, so the request is
-    never queued twice), and only then does the client get a 503 to retry."""
-    give_up = time.monotonic() + SUBMIT_RETRY_S
+    same: it is retried (submitting is idempotent by job id, so the request is never queued
+    twice) for longer than a command may take to time out, and within the job's deadline; only
+    then does the client get a 503 to retry."""
+    give_up = time.monotonic() + min(SUBMIT_RETRY_S, max(1.0, job.deadline - time.time()))
     backoff = 0.1
     while True:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+import hashlib
 import uuid
 
 from model.manifest import FamilyInfo
@@ -24,7 +25,14 @@ def limits(settings: Settings) -> Limits:
     return Limits(default_steps=settings.default_steps, default_guidance=settings.default_guidance, max_prompt_chars=settings.max_prompt_chars)
 
 
-def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Settings, *, deadline_s: float, images: dict | None = None, store_result: bool = False) -> Job:
+def idempotent_job_id(key: str) -> str:
+    """The job id of a client's Idempotency-Key: a retried POST /v1/jobs finds the job it queued."""
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        raise ValueError("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return hashlib.sha256(b"fewstep-idempotency-key:" + key.encode()).hexdigest()[:32]
+
+
+def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Settings, *, deadline_s: float, images: dict | None = None, store_result: bool = False, job_id: str | None = None) -> Job:
     """Check a parsed body against its family and turn it into a job. Raises InvalidRequest or
     ImageError (both say what is wrong).
 
@@ -59,7 +67,7 @@ def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Setting
     seed = body.seed if body.seed is not None else random.randrange(2**31)
     now = time.time()
     return Job(
-        id=uuid.uuid4().hex,
+        id=job_id or uuid.uuid4().hex,
         endpoint=endpoint,
         model=info.family,
         steps=checked.steps,

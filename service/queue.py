@@ -59,6 +59,9 @@ local st = redis.call('HGET', KEYS[1], 'status')
 local won = 0
 if st == 'queued' or st == 'running' then
   won = 1
+  if ARGV[9] ~= '' then  -- a dead letter, recorded with the finish that fails it (once)
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'job', ARGV[10], 'reason', ARGV[9], 'deliveries', ARGV[11], 'stream_id', ARGV[5], 'time', ARGV[4])
+  end
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished', ARGV[4])
   if ARGV[7] == '1' then
     redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
@@ -92,17 +95,17 @@ return st
 """
 
 _TOUCH = """
-local n = 0
+local held = {}
 for i, sid in ipairs(ARGV) do
   if i > 1 then
     local p = redis.call('XPENDING', KEYS[1], 'workers', sid, sid, 1)
     if p[1] and p[1][2] == ARGV[1] then
       redis.call('XCLAIM', KEYS[1], 'workers', ARGV[1], 0, sid, 'JUSTID')
-      n = n + 1
+      table.insert(held, sid)
     end
   end
 end
-return n
+return held
 """
 
 _PRUNE = """
@@ -121,6 +124,9 @@ return gone
 """
 
 CANCELLED = JobResult.failed(409, "the request was cancelled")
+
+
+SOCKET_TIMEOUT_S = 10.0  # a command without an answer this long fails (RedisTimeoutError)
 
 
 def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
@@ -128,29 +134,11 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     health check. `blocking`: no read timeout, for the long BLPOP waits of synchronous requests
     (those carry their own timeout)."""
     tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # a unix socket has no keepalive
-    return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else 10, health_check_interval=5, **tcp)
+    return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else SOCKET_TIMEOUT_S, health_check_interval=5, **tcp)
 
 
 class QueueFull(Exception):
     """The queue holds `capacity` requests already."""
-
-
-_PRUNE = """
-local gone = {}
-local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], 'workers')
-if not ok then return gone end
-for _, c in ipairs(consumers) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if (ARGV[2] == '' or f['name'] == ARGV[2]) and tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[1]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], 'workers', f['name'])
-    table.insert(gone, f['name'])
-  end
-end
-return gone
-"""
-
-CANCELLED = JobResult.failed(409, "the request was cancelled")
 
 
 @dataclass
@@ -200,6 +188,7 @@ class RedisQueue:
         self._cancel = client.register_script(_CANCEL)
         self._touch = client.register_script(_TOUCH)
         self._prune = client.register_script(_PRUNE)
+        self._claim_cursor = "0-0"  # where the next takeover scan of the pending list starts
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -220,9 +209,11 @@ class RedisQueue:
     async def submit(self, job: Job, capacity: int) -> str:
         """Queue a job; raise QueueFull beyond `capacity` requests. Idempotent by job id: submitting
         a job again (a retry after a timeout) returns its stream id and queues nothing."""
+        now = time.time()
+        ttl = max(self.job_ttl_s, int(job.deadline - now) + HANDOVER_TTL_S)  # the status outlives the job's deadline
         sid = await self._submit(
             keys=[self.stream, self.job_key(job.id)],
-            args=[capacity, job.model_dump_json(), time.time(), self.job_ttl_s],
+            args=[capacity, job.model_dump_json(), now, ttl],
         )
         if sid is None:
             raise QueueFull(f"the queue holds {capacity} requests")
@@ -235,8 +226,14 @@ class RedisQueue:
 
     async def claim(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries another consumer read but left untouched for min_idle_ms (it died);
-        each comes with its delivery count."""
-        reply = await self.redis.xautoclaim(self.stream, GROUP, consumer, min_idle_ms, start_id="0-0", count=count)
+        each comes with its delivery count. The scan goes on from where the last one stopped, so
+        dead workers' entries behind many live ones are reached too. Until Redis has been up for
+        min_idle_ms, nothing is taken: after a restart every pending entry looks idle for the
+        whole downtime, and live workers need a moment to refresh theirs."""
+        if int((await self.redis.info("server"))["uptime_in_seconds"]) * 1000 < min_idle_ms:
+            return []
+        reply = await self.redis.xautoclaim(self.stream, GROUP, consumer, min_idle_ms, start_id=self._claim_cursor, count=count)
+        self._claim_cursor = _decode(reply[0])  # "0-0" once the scan reached the end
         entries = _entries(reply[1])
         if entries:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -246,17 +243,12 @@ class RedisQueue:
                     e.deliveries = int(pending[0]["times_delivered"]) if pending else 1
         return entries
 
-    async def touch(self, consumer: str, stream_ids: list[str]) -> int:
+    async def touch(self, consumer: str, stream_ids: list[str]) -> set[str]:
         """Reset the idle time of entries this consumer still holds (a live worker's work is
-        never taken over); returns how many it holds. Delivery counts are not changed."""
+        never taken over); returns those it holds. Delivery counts are not changed."""
         if not stream_ids:
-            return 0
-        return int(await self._touch(keys=[self.stream], args=[consumer, *stream_ids]))
-
-    async def dead_letter(self, entry: Entry, reason: str) -> None:
-        """Copy an entry to the dead-letter stream, for an operator to read (XRANGE p:dead - +)."""
-        fields = {"job": entry.raw or "", "reason": reason, "deliveries": entry.deliveries, "stream_id": entry.stream_id, "time": time.time()}
-        await self.redis.xadd(self.dead, fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+            return set()
+        return {_decode(sid) for sid in await self._touch(keys=[self.stream], args=[consumer, *stream_ids])}
 
     async def start(self, job_ids: list[str], consumer: str) -> list[bool]:
         """Mark jobs running (one round trip); False for those cancelled or expired (skip them)."""
@@ -266,18 +258,21 @@ class RedisQueue:
                 await self._start(keys=[self.job_key(job_id)], args=[consumer, now], client=pipe)
             return [bool(ok) for ok in await pipe.execute()]
 
-    async def finish(self, done: list[tuple[Entry, JobResult]]) -> list[bool]:
+    async def finish(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None = None) -> list[bool]:
         """Record results and acknowledge the entries: an asynchronous job's result is stored, a
         synchronous one handed to its waiting request. The first finish wins; returns, per entry,
-        whether this one did (an entry without a readable job id is only acknowledged)."""
+        whether this one did (an entry without a readable job id is only acknowledged). With
+        `dead_letter` (the reason), each entry whose finish wins is also copied, in the same
+        script, to the dead-letter stream for an operator to read (XRANGE p:dead - +)."""
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry, result in done:
                 job_id = entry.job_id or "-"
                 store = entry.job is not None and entry.job.store_result
                 await self._finish(
-                    keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream],
-                    args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S],
+                    keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
+                    args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
+                          dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN],
                     client=pipe,
                 )
             return [bool(won) for won in await pipe.execute()]

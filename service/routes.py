@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from . import metrics
 from .deps import KeyChecked, StateDep
 from .handling import enqueue, public_result, render, run_job, wanted_image_type
-from .jobs import build_job
+from .jobs import build_job, idempotent_job_id
 from .schemas import (
     BODIES,
     GenerateBody,
@@ -64,13 +64,19 @@ async def inpaint(body: InpaintBody, request: Request, state: StateDep) -> Respo
 
 @v1.post("/jobs", status_code=202)
 async def create_job(body: JobBody, request: Request, state: StateDep) -> JSONResponse:
-    """Queue a request of any generation endpoint; poll GET /v1/jobs/{id} for its result."""
+    """Queue a request of any generation endpoint; poll GET /v1/jobs/{id} for its result. With an
+    `Idempotency-Key` header, a retry (the answer was lost) gets the job the first try queued."""
+    key = request.headers.get("idempotency-key")
+    try:
+        job_id = idempotent_job_id(key) if key is not None else None
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
     try:
         parsed = BODIES[body.endpoint].model_validate(body.request)
     except ValidationError as exc:
         errors = [{"loc": ["body", "request", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_context=False)]
         return JSONResponse({"detail": errors}, status_code=422)
-    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True)
+    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True, job_id=job_id)
     request.state.steps = job.steps
     sid = await enqueue(state, job)
     position = await state.queue.position(sid)

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(default=15000, ge=100)  # a request its worker stopped refreshing this long ago is taken over
     max_deliveries: int = Field(default=3, ge=1)  # a request delivered more often fails and goes to the dead-letter stream
     heartbeat_s: float = Field(default=2.0, gt=0)
+    batch_timeout_s: float = Field(default=300.0, gt=0)  # a batch running longer is hung: its requests are left to other workers
     workers: int = Field(default=1, ge=0)  # workers inside `python -m service` (0: API only)
 
     # limits and auth

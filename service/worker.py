@@ -37,6 +37,8 @@ class Worker:
         self.name = name or worker_name()
         self._last_claim = 0.0
         self._stop = asyncio.Event()
+        self._pending: list[Entry] = []  # gathered, not yet finished: resumed after a Redis error
+        self._batch_started: float | None = None  # monotonic start of the batch now running
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Any Redis error (and any other failure outside a batch) makes
@@ -49,7 +51,7 @@ class Worker:
                 try:
                     await self.queue.ensure_group()
                     while not stop.is_set():
-                        entries = await self.gather()
+                        entries = await self._resume() if self._pending else await self.gather()
                         if entries:
                             await self.process(entries)
                         backoff = 0.1
@@ -69,6 +71,16 @@ class Worker:
                 await self.queue.leave(self.name)
             except REDIS_TROUBLE:
                 pass
+
+    async def _resume(self) -> list[Entry]:
+        """The entries a Redis error interrupted, those this worker still holds (another worker
+        may have taken some over meanwhile): run them now rather than leave them to a takeover,
+        which would count a delivery against them."""
+        held = await self.queue.touch(self.name, [e.stream_id for e in self._pending])
+        entries, self._pending = [e for e in self._pending if e.stream_id in held], []
+        if entries:
+            log.info("worker %s: resuming %d requests after a Redis error", self.name, len(entries))
+        return entries
 
     async def gather(self) -> list[Entry]:
         """What to run next: one stale entry of a dead worker, alone (it may be what killed that
@@ -104,22 +116,20 @@ class Worker:
         failed at once; the rest run in batches (taken-over ones alone), each checked for
         cancellation and deadline just before it runs. The entries held stay fresh meanwhile."""
         s = self.settings
-        done, ready = [], []
+        self._pending = list(entries)  # until each is finished: a Redis error resumes the rest
+        ready = []
         for e in entries:
             if e.job is None:  # not a job of this format: fail it (its waiter learns why)
                 log.warning("worker %s: %s", self.name, e.problem)
-                done.append((e, JobResult.failed(500, f"the worker could not read this request: {e.problem}")))
+                await self._finish_surely([(e, JobResult.failed(500, f"the worker could not read this request: {e.problem}"))])
             elif e.deliveries > s.max_deliveries:
                 reason = (f"this request was delivered {e.deliveries} times and its worker stopped each time (a crash, "
                           f"out of memory or a hang); it is not retried (limit FEWSTEP_MAX_DELIVERIES={s.max_deliveries})")
-                log.error("worker %s: job %s: %s", self.name, e.job.id, reason)
-                await self.queue.dead_letter(e, reason)
-                metrics.DEAD_LETTERS.inc()
-                done.append((e, JobResult.failed(500, reason)))
+                if await self._finish_surely([(e, JobResult.failed(500, reason))], dead_letter=reason) == [True]:
+                    log.error("worker %s: job %s: %s", self.name, e.job.id, reason)
+                    metrics.DEAD_LETTERS.inc()
             else:
                 ready.append(e)
-        if done:
-            await self.queue.finish(done)
         held = {e.stream_id for e in ready}
         keeper = asyncio.create_task(self._keep_fresh(held))
         try:
@@ -130,6 +140,7 @@ class Worker:
                 held.difference_update(e.stream_id for e in batch)
         finally:
             keeper.cancel()
+        self._pending = []
 
     async def _run_batch(self, batch: list[Entry]) -> None:
         now = time.time()
@@ -145,23 +156,29 @@ class Worker:
                 run.append(entry)
         if run:
             jobs = [e.job for e in run]
+            self._batch_started = time.monotonic()
             try:
                 results = await asyncio.to_thread(self._execute, jobs)
             except Exception as exc:
                 log.exception("worker %s: batch of %d failed", self.name, len(jobs))
                 results = [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
+            finally:
+                self._batch_started = None
             done += list(zip(run, results))
         if done:
             await self._finish_surely(done)
 
-    async def _finish_surely(self, done: list) -> None:
+    async def _finish_surely(self, done: list, dead_letter: str | None = None) -> list[bool]:
         """Record results computed at a cost; a Redis that is away (a restart) is waited for, so
-        that the work is not lost and run again by whoever takes the entries over."""
+        that the work is not lost and run again by whoever takes the entries over. Finished
+        entries leave the pending list; returns, per entry, whether this finish won."""
         backoff = 0.1
         while True:
             try:
-                await self.queue.finish(done)
-                return
+                won = await self.queue.finish(done, dead_letter=dead_letter)
+                finished = {e.stream_id for e, _ in done}
+                self._pending = [e for e in self._pending if e.stream_id not in finished]
+                return won
             except REDIS_TROUBLE as exc:
                 if self._stop.is_set():  # shutting down: the entries stay pending and are taken over
                     raise
@@ -182,10 +199,18 @@ class Worker:
         return results
 
     async def _keep_fresh(self, held: set[str]) -> None:
-        """Touch the entries this worker holds, well within claim_idle_ms, until cancelled."""
-        period = self.settings.claim_idle_ms / 4000
+        """Touch the entries this worker holds, well within claim_idle_ms, until cancelled. A batch
+        that runs longer than batch_timeout_s is taken for hung: its entries (and those behind it)
+        are no longer refreshed, so other workers take them over and the delivery limit applies."""
+        s = self.settings
+        period = s.claim_idle_ms / 4000
         while True:
             await asyncio.sleep(period)
+            started = self._batch_started
+            if started is not None and time.monotonic() - started > s.batch_timeout_s:
+                log.error("worker %s: a batch has run for over %.0fs (FEWSTEP_BATCH_TIMEOUT_S); leaving its %d requests to other workers",
+                          self.name, s.batch_timeout_s, len(held))
+                return
             try:
                 await self.queue.touch(self.name, sorted(held))
             except REDIS_TROUBLE as exc:

@@ -159,6 +159,24 @@ def test_jobs_lifecycle(service):
     assert httpx.delete(service.url + "/v1/jobs/nope").status_code == 404
 
 
+def test_a_retried_job_with_an_idempotency_key_is_queued_once(service):
+    body = {"endpoint": "txt2img", "request": {"prompt": "a red cross", "seed": 5}}
+    key = {"Idempotency-Key": "client-retry-7f3a"}
+    executed = metric(httpx.get(service.url + "/metrics").text, "fewstep_jobs_executed_total")
+    first = httpx.post(service.url + "/v1/jobs", json=body, headers=key, timeout=30)
+    again = httpx.post(service.url + "/v1/jobs", json=body, headers=key, timeout=30)  # the answer was lost: retry
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    for _ in range(200):
+        if httpx.get(service.url + f"/v1/jobs/{first.json()['id']}").json()["status"] == "succeeded":
+            break
+    assert metric(httpx.get(service.url + "/metrics").text, "fewstep_jobs_executed_total") - executed == 1
+    other = httpx.post(service.url + "/v1/jobs", json=body, headers={"Idempotency-Key": "another"}, timeout=30)
+    assert other.json()["id"] != first.json()["id"]
+    bad = httpx.post(service.url + "/v1/jobs", json=body, headers={"Idempotency-Key": "x" * 300}, timeout=30)
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["detail"]
+
+
 def test_models_health_ready_metrics(service):
     models = httpx.get(service.url + "/v1/models").json()["data"]
     shapes = models[0]

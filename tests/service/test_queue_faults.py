@@ -10,7 +10,9 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.contract import Job, JobItem, JobResult
@@ -18,6 +20,8 @@ from service.handling import enqueue, run_job
 from service.queue import HANDOVER_TTL_S, RedisQueue, connect
 from service.settings import Settings
 from service.testing import RedisServer
+
+pytestmark = pytest.mark.slow  # fault injection against real redis-servers
 from service.worker import Worker
 
 
@@ -100,6 +104,153 @@ def test_a_slow_workers_requests_run_once(redis_server):
     with_queue(redis_server.url, body)
 
 
+def test_without_the_refresh_the_slow_workers_requests_would_run_twice(redis_server, monkeypatch):
+    """The control of the test above: the same slow batches with the refresh switched off are
+    taken over and run twice, so that test can see the failure it guards against."""
+
+    async def no_refresh(self, held):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Worker, "_keep_fresh", no_refresh)
+
+    async def body(queue, client):
+        jobs = [a_job(steps=s) for s in (1, 2, 4, 8, 1, 2)]
+        for j in jobs:
+            await queue.submit(j, 100)
+        runner = FakeRunner()
+        settings = Settings(claim_idle_ms=400, max_wait_ms=50, max_batch_size=8, test_batch_delay_s=1.0, heartbeat_s=0.2)
+        done = set()
+
+        async def all_done():
+            for j in jobs:
+                if j.id not in done and await queue.handed_over(j.id) is not None:
+                    done.add(j.id)
+            return len(done) == len(jobs) and await queue.depth() == 0
+
+        await serve([Worker(settings, queue, runner, name="w1"), Worker(settings, queue, runner, name="w2")], all_done)
+        assert len(runner.ran) > len(jobs)  # some ran twice
+
+    with_queue(redis_server.url, body)
+
+
+def test_nothing_is_taken_over_until_a_restarted_redis_has_been_up_for_the_takeover_time():
+    """Redis SIGKILLed and restarted from its append-only file after a downtime longer than the
+    takeover time: every pending entry then looks idle (a live worker's too, which could not
+    refresh it meanwhile). Takeover waits until Redis has been up that long, giving live workers
+    time to refresh; an entry still untouched then is taken (its worker is really gone)."""
+    server = RedisServer(appendonly=True)
+    try:
+        async def body(queue, client):
+            j = a_job()
+            await queue.submit(j, 10)
+            await queue.read("owner", 1, block_ms=None)
+            server.stop()
+            await asyncio.sleep(2.5)  # downtime > the takeover time
+            server.start()
+            for _ in range(3):  # the pooled connections died with the server: reconnect
+                try:
+                    await client.ping()
+                    break
+                except RedisConnectionError:
+                    pass
+            idle_ms = (await client.xpending_range(queue.stream, "workers", min="-", max="+", count=1))[0]["time_since_delivered"]
+            assert idle_ms >= 2000  # looks stale...
+            assert await queue.claim("thief", 2000, 1) == []  # ...but Redis has just started
+            await asyncio.sleep(2.2)
+            assert [e.job.id for e in await queue.claim("thief", 2000, 1)] == [j.id]  # nobody refreshed it: gone
+
+        with_queue(server.url, body)
+    finally:
+        server.stop()
+
+
+def test_takeover_reaches_a_dead_workers_entry_behind_many_live_ones(redis_server):
+    async def body(queue, client):
+        live = [a_job() for _ in range(12)]
+        for j in live:
+            await queue.submit(j, 100)
+        await queue.read("live", 12, block_ms=None)
+        stale = a_job()
+        await queue.submit(stale, 100)
+        await queue.read("dead", 1, block_ms=None)
+        await asyncio.sleep(0.15)
+        claimed = []
+        for _ in range(3):  # XAUTOCLAIM looks at 10 entries per call of count 1
+            await queue.touch("live", [e.stream_id for e in await _pending(client, queue, "live")])
+            claimed += [e.job.id for e in await queue.claim("w", 100, 1)]
+        assert claimed == [stale.id]
+
+    with_queue(redis_server.url, body)
+
+
+async def _pending(client, queue, consumer):
+    rows = await client.xpending_range(queue.stream, "workers", min="-", max="+", count=100, consumername=consumer)
+    return [SimpleNamespace(stream_id=r["message_id"].decode()) for r in rows]
+
+
+def test_a_redis_error_mid_batch_resumes_without_a_takeover(redis_server, monkeypatch):
+    """A Redis error between gathering and running: the worker runs what it holds once Redis
+    answers, as the same delivery, instead of waiting for a takeover that counts against it."""
+
+    async def body(queue, client):
+        j = a_job()
+        await queue.submit(j, 10)
+        failures = [RedisTimeoutError("Timeout reading from socket")]
+        real_start = RedisQueue.start
+
+        async def flaky_start(self, job_ids, consumer):
+            if failures:
+                raise failures.pop()
+            return await real_start(self, job_ids, consumer)
+
+        monkeypatch.setattr(RedisQueue, "start", flaky_start)
+        runner = FakeRunner()
+        worker = Worker(Settings(claim_idle_ms=30_000, max_wait_ms=0), queue, runner, name="w")
+        seen = []
+        real_process = worker.process
+
+        async def process(entries):
+            seen.append([e.deliveries for e in entries])
+            await real_process(entries)
+
+        worker.process = process
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        result = await queue.wait(j.id, 5)  # a takeover could come only after 30 s
+        stop.set()
+        await task
+        assert result is not None and result.status == "succeeded" and runner.ran == [j.id]
+        assert seen == [[1], [1]]  # the same delivery, twice processed, run once
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_hung_batch_is_left_to_another_worker(redis_server):
+    async def body(queue, client):
+        j = a_job()
+        await queue.submit(j, 10)
+        hang = threading.Event()
+        first = []
+
+        def during(jobs):
+            if not first:
+                first.append(1)
+                hang.wait(10)  # the first worker to run it hangs
+
+        runner = FakeRunner(during=during)
+        settings = Settings(claim_idle_ms=200, max_wait_ms=0, batch_timeout_s=0.5, heartbeat_s=0.2)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(Worker(settings, queue, runner, name=n).run(stop)) for n in ("w1", "w2")]
+        result = await queue.wait(j.id, 8)
+        hang.set()
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert result is not None and result.status == "succeeded"
+        assert runner.ran == [j.id, j.id]  # the hung run, and the one that answered
+
+    with_queue(redis_server.url, body)
+
+
 def test_the_first_finish_wins(redis_server):
     async def body(queue, client):
         j = a_job(store=True)
@@ -135,6 +286,25 @@ def test_a_request_that_kills_its_workers_is_dead_lettered(redis_server):
         (dead,) = await client.xrange(queue.dead)
         assert poison.id in dead[1][b"job"].decode() and b"delivered 4 times" in dead[1][b"reason"]
         assert await queue.depth() == 0
+        await worker.process(entries)  # a second finish of the same entries: no second dead letter
+        assert len(await client.xrange(queue.dead)) == 1
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_cancelled_request_is_not_dead_lettered(redis_server):
+    async def body(queue, client):
+        j = a_job()
+        await queue.submit(j, 10)
+        await queue.read("dead-0", 10, block_ms=None)
+        await queue.start([j.id], "dead-0")
+        assert await queue.cancel(j.id) == "cancelled"  # running: its entry stays until a worker ends it
+        await asyncio.sleep(0.15)
+        worker = Worker(Settings(claim_idle_ms=100, max_deliveries=1, max_wait_ms=0), queue, FakeRunner(), name="w")
+        entries = await worker.gather()
+        assert [e.deliveries for e in entries] == [2]
+        await worker.process(entries)
+        assert await client.xrange(queue.dead) == [] and await queue.depth() == 0
 
     with_queue(redis_server.url, body)
 
@@ -253,6 +423,26 @@ def test_submit_is_idempotent_and_a_timed_out_submit_is_retried_once(redis_serve
     with_queue(redis_server.url, body)
 
 
+def test_a_submit_that_times_out_for_longer_than_a_few_seconds_is_still_retried(redis_server):
+    """Redis holds every write for 6 s (CLIENT PAUSE): the submits time out on the client, the
+    first one is queued when the pause ends, the retry finds it, and nothing is queued twice."""
+
+    async def body(queue, client):
+        short = aioredis.from_url(redis_server.url, socket_timeout=0.3)
+        try:
+            j = a_job()
+            await client.execute_command("CLIENT", "PAUSE", 6000, "WRITE")
+            state = SimpleNamespace(queue=RedisQueue(short, queue.prefix, queue.job_ttl_s), settings=Settings())
+            started = time.monotonic()
+            sid = await enqueue(state, j)
+            assert time.monotonic() - started > 5.5
+            assert sid and await queue.depth() == 1
+        finally:
+            await short.aclose()
+
+    with_queue(redis_server.url, body)
+
+
 def test_a_result_that_lands_at_the_deadline_is_returned(redis_server):
     async def body(queue, client):
         j = a_job(deadline_s=1.0)
@@ -308,3 +498,20 @@ def test_readyz_knows_when_the_in_process_workers_have_stopped():
         assert not State(settings=Settings(), registry=None, queue=None, workers=0, tasks=[finished]).workers_stopped()
 
     asyncio.run(main())
+
+
+def test_a_synchronous_request_queued_longer_than_the_job_ttl_is_still_answered(redis_server):
+    """Its status must outlive its deadline, not the (shorter) job TTL: an expired status would
+    make the worker drop it silently and its request wait for nothing until 504."""
+
+    async def body(queue, client):
+        short = RedisQueue(client, queue.prefix, job_ttl_s=1)
+        j = a_job(deadline_s=30)
+        await short.submit(j, 10)
+        await asyncio.sleep(2.2)  # longer than the job TTL
+        worker = Worker(Settings(max_wait_ms=0), short, FakeRunner(), name="w")
+        await worker.process(await worker.gather())
+        result = await short.wait(j.id, 1)
+        assert result is not None and result.status == "succeeded"
+
+    with_queue(redis_server.url, body)

@@ -11,7 +11,7 @@ from model.config_io import ConfigError
 
 from .config import Recipe, apply_overrides
 from .data.imagefolder import DataError
-from .loop import Interrupted
+from .loop import Interrupted, StopSignals
 from .recipes import RECIPES, get_recipe
 
 
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("dir", type=Path)
     ev.add_argument("--samples", type=int, help="samples per row (default: the recipe's)")
     ev.add_argument("--repeats", type=int, help="independent seed sets per row (default: the recipe's)")
+    ev.add_argument("--fresh", action="store_true", help="start over instead of continuing a killed evaluation from its finished rows")
+    ev.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
     sm = sub.add_parser("sample", help="write a PNG grid of samples from a family's distilled students")
     sm.add_argument("dir", type=Path)
     sm.add_argument("--out", type=Path, default=Path("samples.png"))
@@ -81,16 +83,17 @@ def cmd_run(args) -> int:
     try:
         from .chain import Chain
 
-        chain = Chain(recipe, out, env)  # validates the data before anything is written
-        if env.is_main:
-            atomic_write_text(saved, recipe.to_json())
-            print(f"[fewstep] {recipe.name}: training on {env.world} process(es), device {env.device}", flush=True)
-        env.barrier()
-        chain.run()
+        with StopSignals():  # a SIGTERM from here on stops training at its next check, state saved
+            chain = Chain(recipe, out, env)  # validates the data before anything is written
+            if env.is_main:
+                atomic_write_text(saved, recipe.to_json())
+                print(f"[fewstep] {recipe.name}: training on {env.world} process(es), device {env.device}", flush=True)
+            env.barrier()
+            chain.run()
         if env.is_main and not args.no_eval:
             from .evaluate import evaluate
 
-            evaluate(out)
+            evaluate(out, device=str(env.device))  # on the training device, never silently elsewhere
     finally:
         shutdown()
     if env.is_main:
@@ -101,7 +104,7 @@ def cmd_run(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    evaluate(args.dir, samples=args.samples, repeats=args.repeats)
+    evaluate(args.dir, samples=args.samples, repeats=args.repeats, resume=not args.fresh, device=args.device)
     return 0
 
 
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {write_report(args.dir, args.out)}")
             return 0
         return cmd_evaluate(args)
-    except (ConfigError, DataError, CheckpointError, ValueError, KeyError) as exc:
+    except (ConfigError, DataError, CheckpointError, ValueError, KeyError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from model import schedule
+from model.config_io import to_dict
 from model.files import CheckpointError, write_json
 from model.conditioning import Cond
 from model.family import Family
@@ -30,6 +31,7 @@ from model.samplers import SAMPLERS, network_evaluations
 from .config import Recipe
 from .data import build_dataset, random_box_masks
 from .edits import evaluate_edits
+from .eval_progress import EvalProgress, fingerprint
 from .evaluator import adherence, attribute_distance, frechet_distance, kernel_inception_distance, load_or_train_evaluator
 from .prepare import Preparer
 from .response import gamma_response, response_times
@@ -138,13 +140,18 @@ def _attr_names(dataset, mode: str) -> list[int]:
     return [a for a in range(len(dataset.attributes)) if a not in asked]
 
 
-def evaluate(directory: Path, samples: int | None = None, repeats: int | None = None, device: str | None = None) -> dict:
+def evaluate(directory: Path, samples: int | None = None, repeats: int | None = None, device: str | None = None, resume: bool = True) -> dict:
+    """Evaluate the family in `directory` and write metrics.json. A killed run continues from
+    its finished rows (training/eval_progress.py) unless `resume` is False."""
     directory = Path(directory)
     recipe_path = directory / "recipe.json"
     if not recipe_path.is_file():
         raise CheckpointError(f"{directory} is not a fewstep run directory (no recipe.json)")
     recipe = Recipe.from_json(recipe_path.read_text())
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"evaluate: device {device} asked for, but CUDA is not available")
+    print(f"[evaluate] {directory} on {device}", flush=True)
     family = Family(directory, device=device)
     if "teacher" not in family.info.checkpoints:
         raise CheckpointError(f"{directory}: no teacher checkpoint yet; finish training first")
@@ -161,6 +168,10 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     sets = [EvalSet(dataset, preparer, samples, r, mode) for r in range(repeats)]
     shape = _z_shape(family)
     started = time.time()
+    settings = {"evaluation": to_dict(e), "samples": samples, "repeats": repeats, "data": to_dict(recipe.data), "version": 1}
+    progress = EvalProgress(directory, fingerprint(directory, family.info.checkpoints, settings), resume=resume)
+    if progress.parts:
+        print(f"[evaluate] resuming: {len(progress.parts)} finished parts in {progress.root}", flush=True)
 
     real_feats = [evaluator.features(s.real) for s in sets]
     floor_sets = [EvalSet(dataset, preparer, samples, repeats + 1 + r, mode) for r in range(max(2, repeats))]
@@ -182,9 +193,16 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         adherence_real = adherence(real_pred[0], sets[0].asked) if sets[0].asked is not None else None
 
     rows = []
+    plan = sampler_plan(recipe, family)
     for gamma in e.guidance:
-        references = [generate(family, "teacher-ddim", e.reference_steps, gamma, s, e.batch_size, shape) for s in sets]
-        for sampler, steps in sampler_plan(recipe, family):
+        references = None
+        for sampler, steps in plan:
+            key = f"row/{gamma}/{sampler}/{steps}"
+            if key in progress:
+                rows.append(progress.get(key))
+                continue
+            if references is None:
+                references = _references(progress, family, e, gamma, sets, shape)
             cells: dict[str, list] = {"fid": [], "kid": [], "adherence": [], "rmse_to_reference": []}
             attr_tv: dict[str, list] = {dataset.attributes[a].name: [] for a in other_attrs}
             for r, s in enumerate(sets):
@@ -209,6 +227,8 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
             name = "stage1" if sampler == "stage1" else (f"distilled-{steps}" if sampler == "distilled" else None)
             if name in responses:
                 row["gamma_response"] = responses[name]
+            row = finite(row)
+            progress.put(key, row)
             rows.append(row)
             print(f"[evaluate] gamma={gamma:<4} {sampler:22s} steps={steps:<4} " + _line(row), flush=True)
     fid_floor, fid_floor_std = summary(floor_fid)
@@ -232,14 +252,31 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         "rows": rows,
     }
     if family.info.resolution and family.info.distilled_steps:
-        metrics["edits"] = _edits(family, dataset, sets[0], mode, min(256, samples))
+        if "edits" not in progress:
+            progress.put("edits", finite(_edits(family, dataset, sets[0], mode, min(256, samples))))
+        metrics["edits"] = progress.get("edits")
     if mode == "class" and dataset.has_text and hasattr(dataset, "held_out_combos"):
-        metrics["text_adherence"] = _text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape)
+        if "text_adherence" not in progress:
+            progress.put("text_adherence", finite(_text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape)))
+        metrics["text_adherence"] = progress.get("text_adherence")
     metrics["seconds"] = round(time.time() - started, 1)
     metrics = finite(metrics)
     write_json(directory / "metrics.json", metrics)
+    progress.finish()
     print(f"[evaluate] wrote {directory / 'metrics.json'} ({metrics['seconds']} s)")
     return metrics
+
+
+def _references(progress: EvalProgress, family: Family, e, gamma: float, sets: list, shape: tuple) -> list[torch.Tensor]:
+    """The reference samples of every seed set at `gamma`: from the progress folder when a
+    killed run already drew them, else drawn and saved there."""
+    key = f"reference-{gamma}"
+    saved = progress.tensors(key)
+    if saved is not None and len(saved) == len(sets):
+        return saved
+    references = [generate(family, "teacher-ddim", e.reference_steps, gamma, s, e.batch_size, shape) for s in sets]
+    progress.save_tensors(key, references)
+    return references
 
 
 def finite(value):

@@ -16,18 +16,27 @@ from safetensors.torch import load_file, save_file
 
 from .config_io import ConfigError
 from .denoiser import Denoiser
-from .files import VERSION, CheckpointError, atomic_dir, read_json
+from .files import VERSION, CheckpointError, atomic_dir, fsync_dir, fsync_file, read_json
 
 CHECKPOINT_FORMAT = "fewstep.checkpoint"
 ROLES = ("teacher", "stage1", "distilled", "stochastic")
 
 
+def write_tensor_files(directory: Path, tensors: dict[str, torch.Tensor], config: dict, dtype: torch.dtype | None = None) -> None:
+    """model.safetensors and config.json in an existing (temporary) directory, fsynced with it."""
+    directory = Path(directory)
+    out = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(out, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in ("model.safetensors", "config.json"):
+        fsync_file(directory / name)
+    fsync_dir(directory)
+
+
 def save_tensors(directory: Path, tensors: dict[str, torch.Tensor], config: dict, dtype: torch.dtype | None = None) -> None:
-    """Write config.json and model.safetensors into `directory` atomically."""
+    """Write config.json and model.safetensors into `directory` atomically (and durably)."""
     with atomic_dir(directory) as tmp:
-        out = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(out, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_tensor_files(tmp, tensors, config, dtype)
 
 
 def load_tensors(directory: Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict]:

@@ -19,11 +19,38 @@ class CheckpointError(RuntimeError):
     """A checkpoint or family directory is missing, incomplete or corrupt."""
 
 
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _recover(target: Path) -> None:
+    """Undo what a kill between the two renames of a replacement left: a target moved aside
+    (`.NAME.old-PID`) and none in place comes back; stale temporaries and old copies go."""
+    leftovers = sorted(target.parent.glob(f".{target.name}.old-*"))
+    if leftovers and not target.exists():
+        os.replace(leftovers.pop(), target)
+    for p in leftovers + list(target.parent.glob(f".{target.name}.tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(target: Path):
-    """Yield a temporary directory beside `target`; on success it replaces `target` in one rename."""
+    """Yield a temporary directory beside `target`; on success it takes `target`'s place. A new
+    target is one rename; replacing one moves the old aside first (a kill between the two is
+    undone by the next write, see _recover). Renames are fsynced."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
@@ -32,6 +59,7 @@ def atomic_dir(target: Path):
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
+        fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

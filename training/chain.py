@@ -15,7 +15,7 @@ import torch
 
 from model.autoencoder import build_autoencoder
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config_io import to_dict
+from model.config_io import ConfigError, to_dict
 from model.denoiser import Denoiser, gamma_student_from_teacher
 from model.manifest import FamilyInfo, write_family
 from model.text_encoder import ENCODER_NAME
@@ -25,6 +25,7 @@ from .data import build_dataset, step_generator
 from .distributed import DistEnv
 from .loop import train
 from .losses import distill_loss, stage1_loss, teacher_loss
+from .precision import enable_gradient_checkpointing, wrapper
 from .prepare import Preparer
 from .response import gamma_response, response_times
 
@@ -76,21 +77,35 @@ class Chain:
         self.clip = family_info(recipe, self.dataset, {}).clip_x  # pixel space: x_hat clipped to [-1, 1]
         both = self.dataset.num_classes and self.dataset.has_text
         self.p_drop_distill = recipe.p_drop_each if both else 0.0
+        self.precision = wrapper(recipe.mixed_precision)
+        for stage in ("teacher", "stage1", "distill", "stochastic"):  # batch_size is the global batch, sliced per rank
+            size = getattr(recipe, stage).batch_size
+            if size % env.world:
+                raise ConfigError(f"{stage}.batch_size {size} is the global batch and must divide by the {env.world} processes")
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A teacher as the losses call it: under the recipe's mixed precision."""
+        return self.precision(model) if self.precision is not None else model
 
     # -- plumbing -----------------------------------------------------------------
     def _stage(self, name: str, role: str, steps: int | None, model: torch.nn.Module, loss, cfg: StageConfig, stage_id: int, parent: str | None):
         ckpt_dir = self.out / name
-        if (ckpt_dir / "config.json").exists():
+        usable = 0
+        if self.env.is_main and (ckpt_dir / "config.json").exists():  # rank 0 decides, for every rank
             try:
-                loaded, _ = load_checkpoint(ckpt_dir, self.env.device)
-                self._record(name, role, steps)
-                return loaded
+                load_checkpoint(ckpt_dir, "cpu")
+                usable = 1
             except CheckpointError as exc:
-                if self.env.is_main:
-                    print(f"[fewstep] {name}: existing checkpoint unusable ({exc}); training it again")
+                print(f"[fewstep] {name}: existing checkpoint unusable ({exc}); training it again")
+        if self.env.broadcast([usable])[0]:
+            loaded, _ = load_checkpoint(ckpt_dir, self.env.device)
+            self._record(name, role, steps)
+            return loaded
         model = model.to(self.env.device)
+        if self.recipe.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         state_dir = self.out / ".state" / name
-        ema = train(name, model, lambda m, step: loss(m, step_generator(self.recipe.seed, stage_id, step, self.env.rank)), cfg, state_dir, self.env)
+        ema = train(name, model, lambda m, step: loss(m, step_generator(self.recipe.seed, stage_id, step, self.env.rank)), cfg, state_dir, self.env, wrap=self.precision)
         if self.env.is_main:
             extra = {"parent": parent, "stage": to_dict(cfg), "recipe": to_dict(self.recipe)}  # the resolved config beside the weights
             save_checkpoint(ckpt_dir, ema, role=role, steps=steps, guidance_range=self.recipe.guidance_range if role != "teacher" else None, extra=extra)
@@ -105,8 +120,9 @@ class Chain:
             write_family(self.out, family_info(self.recipe, self.dataset, self.checkpoints))
 
     def _batch(self, size: int, g: torch.Generator):
+        """This rank's slice of a global batch of `size` (each rank draws its own from its seed)."""
         seed_parts = (int(torch.randint(0, 2**31 - 1, (1,), generator=g)), self.env.rank)
-        return self.dataset.batch(size, seed_parts)
+        return self.dataset.batch(size // self.env.world, seed_parts)
 
     # -- stages -------------------------------------------------------------------
     def run(self) -> None:
@@ -124,7 +140,7 @@ class Chain:
         def stage1_step(model, g):
             batch = self._batch(r.stage1.batch_size, g)
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
-            return stage1_loss(model, teacher, p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
+            return stage1_loss(model, self.frozen(teacher), p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
         student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
         prev = self._stage("stage1", "stage1", r.distill_start_steps, student, stage1_step, r.stage1, 2, "teacher")
@@ -159,7 +175,7 @@ class Chain:
         def step(model, g):
             batch = self._batch(cfg.batch_size, g)
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
-            return distill_loss(model, teacher, p.x(batch), cond, steps=n, stochastic=stochastic, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
+            return distill_loss(model, self.frozen(teacher), p.x(batch), cond, steps=n, stochastic=stochastic, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
         result = self._stage(name, role, n, student, step, cfg, stage_id, parent)
         if not stochastic:

@@ -33,12 +33,15 @@ class StageConfig:
     warmup: int = 100
     grad_clip: float = 1.0
     save_every_s: float = 60.0  # resumable state at most this often (and at the end)
+    sync_every: int = 10  # steps between the ranks' collective checks (stop, non-finite loss, save, logged loss): one host sync each
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "linear"):
             raise ConfigError(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.sync_every < 1:
+            raise ConfigError(f"sync_every must be >= 1, got {self.sync_every}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
 
@@ -85,6 +88,8 @@ class Recipe:
     stochastic: StageConfig = field(default_factory=StageConfig)
     stochastic_steps: tuple[int, ...] = (8, 4, 2)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    mixed_precision: str = "no"  # "bf16": autocast around the networks only; targets and losses stay fp32 (training/precision.py)
+    gradient_checkpointing: bool = False  # recompute U-Net activations in the backward pass (less memory)
     seed: int = 0
 
     def __post_init__(self):
@@ -103,6 +108,11 @@ class Recipe:
             raise ConfigError(f"gamma_scale must be > 0, got {self.gamma_scale}")
         if set(self.gamma_extrapolate) - set(GAMMA_EXTRAPOLATE):
             raise ConfigError(f"gamma_extrapolate may hold {GAMMA_EXTRAPOLATE}, got {list(self.gamma_extrapolate)}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.autoencoder.kind == "kl":
+            raise ConfigError("autoencoder.kind 'kl': fewstep does not train an autoencoder yet, and a random one would make the "
+                              "latents meaningless; train in pixel space (autoencoder.kind 'identity')")
         if self.weighting not in ("snr+1", "truncated-snr"):
             raise ConfigError(f"weighting must be 'snr+1' or 'truncated-snr', got {self.weighting!r}")
 

@@ -23,6 +23,14 @@ class DistEnv:
         if self.world > 1:
             dist.barrier()
 
+    def broadcast(self, values: list[int]) -> list[int]:
+        """Rank 0's integers on every rank: decisions made once, for all (resume, skip a stage)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.broadcast(t, src=0)
+        return t.tolist()
+
 
 def init_distributed() -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))

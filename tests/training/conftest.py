@@ -34,3 +34,12 @@ def toy2d_run(tmp_path_factory) -> Path:
 
 def read_metrics(directory: Path) -> dict:
     return json.loads((directory / "metrics.json").read_text())
+
+
+def saved_step(state_root: Path) -> int:
+    """The step of the newest saved training state of a stage (training/state_store.py), 0 if none."""
+    try:
+        steps = sorted(state_root.glob("step-*"))
+        return json.loads((steps[-1] / "config.json").read_text())["step"] if steps else 0
+    except (OSError, ValueError, KeyError):
+        return 0

@@ -127,3 +127,11 @@ def test_sample_rejects_gamma_outside_the_trained_range_and_missing_students(qui
     assert not (tmp_path / "s.png").exists()
     proc = cli("sample", quick_run, "--steps", "2", "--prompt", "a yellow square", "--out", tmp_path / "s.png")
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_a_kl_autoencoder_recipe_is_refused_with_a_reason(tmp_path):
+    out = tmp_path / "family"
+    proc = cli("run", "quick", "--out", out, "--set", "autoencoder.kind=kl", check=False)
+    assert proc.returncode == 2
+    assert "does not train an autoencoder" in proc.stderr
+    assert not out.exists()

@@ -3,6 +3,7 @@
 import pytest
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from model.family import Family
 from model.pipeline import Pipeline, Request
 
-from .conftest import ROOT, cli, read_metrics
+from .conftest import ROOT, cli, read_metrics, saved_step
 
 pytestmark = pytest.mark.slow  # runs the quick recipe end to end
 
@@ -87,19 +88,12 @@ def test_killed_run_resumes_where_it_stopped(quick_run, tmp_path):
     args = [sys.executable, "-m", "training", "run", "quick", "--out", str(out), "--no-eval", *extra]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    state = out / ".state" / "stage1" / "config.json"
-
-    def saved_step() -> int:
-        try:
-            return json.loads(state.read_text())["step"]
-        except (OSError, ValueError):
-            return 0
-
-    while time.time() < deadline and saved_step() < 10:
+    state = out / ".state" / "stage1"
+    while time.time() < deadline and saved_step(state) < 10:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = saved_step()
+    step = saved_step(state)
     assert 10 <= step < 30, f"killed at saved step {step}"
     teacher_mtime = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
     assert not (out / "distilled-1").exists()
@@ -126,4 +120,28 @@ def test_interrupted_run_saves_state_on_sigterm(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "rerun with --resume" in err
-    assert json.loads((out / ".state" / "teacher" / "config.json").read_text())["step"] > 0
+    assert saved_step(out / ".state" / "teacher") > 0
+
+
+def test_killed_evaluation_resumes_from_its_finished_rows(quick_run, tmp_path):
+    """SIGKILL an evaluation after a few rows; a second run says it resumes, redraws none of
+    the finished rows, and writes the same table as the uninterrupted evaluation."""
+    out = tmp_path / "family"
+    shutil.copytree(quick_run, out)
+    (out / "metrics.json").unlink()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "training", "evaluate", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / ".eval" / "parts.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not parts.exists() or len(parts.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(parts.read_text().splitlines())
+    expected = read_metrics(quick_run)
+    assert 5 <= done < len(expected["rows"]), f"killed after {done} parts"
+    resumed = cli("evaluate", out)
+    assert f"resuming: {done} finished parts" in resumed.stdout
+    assert resumed.stdout.count("[evaluate] gamma=") == len(expected["rows"]) - done  # only the rest is drawn
+    assert read_metrics(out)["rows"] == expected["rows"]
+    assert not (out / ".eval").exists()

@@ -211,7 +211,7 @@ async def _post_retrying(client: httpx.AsyncClient, path: str, body: dict, stats
             await asyncio.sleep(1.0)
 
 
-JOB_TTL_S = 90  # the soak's jobs (and their stored results) expire this soon, so that memory can come back
+JOB_TTL_S = 180  # the soak's jobs (and their stored results) expire this soon, so that memory can come back
 
 
 def soak(total: int, concurrency: int, claim_idle_ms: int = 1500) -> dict:

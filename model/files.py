@@ -33,7 +33,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _recover(target: Path) -> None:
+def recover_replacement(target: Path) -> None:
     """Undo what a kill between the two renames of a replacement left: a target moved aside
     (`.NAME.old-PID`) and none in place comes back; stale temporaries and old copies go."""
     leftovers = sorted(target.parent.glob(f".{target.name}.old-*"))
@@ -47,10 +47,10 @@ def _recover(target: Path) -> None:
 def atomic_dir(target: Path):
     """Yield a temporary directory beside `target`; on success it takes `target`'s place. A new
     target is one rename; replacing one moves the old aside first (a kill between the two is
-    undone by the next write, see _recover). Renames are fsynced."""
+    undone by the next write, see recover_replacement). Renames are fsynced."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
+    recover_replacement(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp

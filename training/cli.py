@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--repeats", type=int, help="independent seed sets per row (default: the recipe's)")
     ev.add_argument("--fresh", action="store_true", help="start over instead of continuing a killed evaluation from its finished rows")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
+    rs = sub.add_parser("response", help="print the gamma response of a family's students (a minute; evaluate records the same)")
+    rs.add_argument("dir", type=Path)
     sm = sub.add_parser("sample", help="write a PNG grid of samples from a family's distilled students")
     sm.add_argument("dir", type=Path)
     sm.add_argument("--out", type=Path, default=Path("samples.png"))
@@ -83,13 +85,15 @@ def cmd_run(args) -> int:
     try:
         from .chain import Chain
 
-        with StopSignals():  # a SIGTERM from here on stops training at its next check, state saved
+        with StopSignals() as stop:  # a SIGTERM from here on stops training at its next check, state saved
             chain = Chain(recipe, out, env)  # validates the data before anything is written
             if env.is_main:
                 atomic_write_text(saved, recipe.to_json())
                 print(f"[fewstep] {recipe.name}: training on {env.world} process(es), device {env.device}", flush=True)
             env.barrier()
             chain.run()
+            if stop.signal is not None:  # it landed after the last check: every stage is done, do not go on
+                raise Interrupted(f"stopped by signal {stop.signal} after training; every stage is saved, evaluate with `python -m training evaluate {out}`")
         if env.is_main and not args.no_eval:
             from .evaluate import evaluate
 
@@ -127,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             from .export import export_family
 
             print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps)}")
+            return 0
+        if args.command == "response":
+            from .evaluate import responses
+
+            for name, r in responses(args.dir).items():
+                print(f"{name:14s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
             return 0
         if args.command == "report":
             from .report import write_report

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.checkpoint import load_tensors
+from model.files import CheckpointError
 from model.config_io import ConfigError
 
 from .config import StageConfig
@@ -141,17 +142,22 @@ def train(
     if env.is_main:
         store.clean()
     loaded = store.load_latest(name) if env.is_main else None
-    found = [int(loaded[1]["step"]) if loaded else 0, int(loaded[1].get("world", 1)) if loaded else env.world]
+    found = [int(loaded[1]["step"]) if loaded else 0, int(loaded[1].get("world", 0)) if loaded else env.world]
     found = env.broadcast(found)  # rank 0 decides where every rank starts
-    if found[0] and found[1] != env.world:
+    if found[0] and found[1] == 0 and env.is_main:  # saved before states recorded their process count
+        print(f"[fewstep] {name}: the saved state does not say how many processes trained it; resuming with {env.world}", flush=True)
+    if found[0] and found[1] not in (0, env.world):
         raise ConfigError(
             f"{name}: the saved state was trained by {found[1]} process(es), this run has {env.world}; the global batch is "
             f"sliced per rank, so another count would change the data stream: resume with --nproc_per_node={found[1]}"
         )
     if found[0]:
         if loaded is None:  # the other ranks read the state rank 0 chose (a shared filesystem)
-            loaded = load_tensors(store.root / f"step-{found[0]:09d}", f"{name} state") if (store.root / f"step-{found[0]:09d}").is_dir() else load_tensors(store.root, f"{name} state")
+            stepped = store.root / f"step-{found[0]:09d}"
+            loaded = load_tensors(stepped if stepped.is_dir() else store.root, f"{name} state")
         tensors, meta = loaded
+        if int(meta.get("step", -1)) != found[0]:
+            raise CheckpointError(f"{name}: rank {env.rank} sees a state of step {meta.get('step')} where rank 0 resumes at {found[0]} (is {store.root} shared by every rank?)")
         model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
         _optimizer_from_tensors(opt, tensors, meta)
@@ -192,12 +198,12 @@ def train(
                 loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
             opt.step()
             ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))  # ema_decay 0: a plain copy
             loss_sum += loss.detach()
-            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step + 1, first_bad)
+            bad_now = ~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)  # a finite loss can still have inf gradients
+            first_bad = torch.where((first_bad == 0) & bad_now, step + 1, first_bad)
             since += 1
             done = step + 1
             if since < cfg.sync_every and done < cfg.steps:  # the ranks check together, at the same steps only
@@ -208,8 +214,9 @@ def train(
                 at = min(bad.values())
                 ranks = sorted(r for r, k in bad.items() if k == at)
                 raise FloatingPointError(
-                    f"{name}: the loss became non-finite at step {at} on rank(s) {ranks}; stopped on every rank after step {done}, "
-                    f"the last saved state is kept (lower the learning rate, or check the data, then rerun with --resume)"
+                    f"{name}: the loss or its gradient became non-finite at step {at} on rank(s) {ranks}; stopped on every rank after "
+                    f"step {done}, nothing of it saved. --resume retries from the last saved state (each step's data is fixed, so a "
+                    f"cause in the data comes back); otherwise start a new --out with a lower learning rate (--set {name.split('-')[0]}.lr=...)"
                 )
             bar.update(since)
             bar.set_postfix(loss=f"{float(loss_sum) / since:.4f}", refresh=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_tensors, write_tensor_files
-from model.files import CheckpointError, fsync_dir
+from model.files import CheckpointError, recover_replacement, fsync_dir
 
 STEP_DIR = re.compile(r"^step-(\d{9})$")
 CRASH_HOOK = "FEWSTEP_TEST_CRASH_IN_SAVE"  # tests: "N" exits at once in the N-th save, files written, not yet renamed
@@ -56,8 +56,9 @@ class StateStore:
             self.saves += 1
             if os.environ.get(CRASH_HOOK) == str(self.saves):
                 os._exit(9)  # test hook: a kill between writing the state and putting it in place
-            if final.exists():  # the same step saved again (a signal right after a periodic save)
-                shutil.rmtree(final)
+            if final.exists():  # the same step saved again (a signal right after a periodic save): same contents
+                shutil.rmtree(tmp)
+                return final
             os.replace(tmp, final)
             fsync_dir(self.root)
         except BaseException:
@@ -73,13 +74,22 @@ class StateStore:
 
     def load_latest(self, what: str) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The newest state that reads, falling back over damaged ones; None when there is none."""
+        if self.root.parent.is_dir():
+            recover_replacement(self.root)  # an earlier layout's replacement killed between its two renames
         candidates = [p for _, p in self.steps()]
         if (self.root / "config.json").is_file():
             candidates.append(self.root)
         for k, path in enumerate(candidates):
             try:
-                return load_tensors(path, f"{what} state {path.name}")
+                tensors, meta = load_tensors(path, f"{what} state {path.name}")
+                if not isinstance(meta.get("step"), int):
+                    raise CheckpointError("config.json lacks its step")
+                if not all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point()):
+                    raise CheckpointError("it holds non-finite values")
+                return tensors, meta
             except CheckpointError as exc:
                 rest = "falling back to the one before it" if k + 1 < len(candidates) else "no older state: the stage starts over"
                 print(f"[fewstep] {what}: the saved state {path} is damaged ({exc}); {rest}", flush=True)
+                if path != self.root:  # out of the way, so that it takes no slot of the states kept
+                    os.replace(path, path.with_name(f".damaged-{path.name}"))
         return None

@@ -26,6 +26,7 @@ from .distributed import DistEnv
 from .loop import train
 from .losses import distill_loss, stage1_loss, teacher_loss
 from .precision import enable_gradient_checkpointing, wrapper
+from .prefetch import Prefetcher, batch_seed
 from .prepare import Preparer
 from .response import gamma_response, response_times
 
@@ -78,6 +79,8 @@ class Chain:
         both = self.dataset.num_classes and self.dataset.has_text
         self.p_drop_distill = recipe.p_drop_each if both else 0.0
         self.precision = wrapper(recipe.mixed_precision)
+        self._prefetch: Prefetcher | None = None
+        self._step = 0
         for stage in ("teacher", "stage1", "distill", "stochastic"):  # batch_size is the global batch, sliced per rank
             size = getattr(recipe, stage).batch_size
             if size % env.world:
@@ -105,7 +108,19 @@ class Chain:
         if self.recipe.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         state_dir = self.out / ".state" / name
-        ema = train(name, model, lambda m, step: loss(m, step_generator(self.recipe.seed, stage_id, step, self.env.rank)), cfg, state_dir, self.env, wrap=self.precision)
+        depth = self.recipe.data.prefetch
+        self._prefetch = Prefetcher(self.dataset, cfg.batch_size // self.env.world, self.recipe.seed, stage_id, self.env.rank, depth) if depth else None
+
+        def step_loss(m, step):
+            self._step = step
+            return loss(m, step_generator(self.recipe.seed, stage_id, step, self.env.rank))
+
+        try:
+            ema = train(name, model, step_loss, cfg, state_dir, self.env, wrap=self.precision)
+        finally:
+            if self._prefetch is not None:
+                self._prefetch.close()
+            self._prefetch = None
         if self.env.is_main:
             extra = {"parent": parent, "stage": to_dict(cfg), "recipe": to_dict(self.recipe)}  # the resolved config beside the weights
             save_checkpoint(ckpt_dir, ema, role=role, steps=steps, guidance_range=self.recipe.guidance_range if role != "teacher" else None, extra=extra)
@@ -120,9 +135,12 @@ class Chain:
             write_family(self.out, family_info(self.recipe, self.dataset, self.checkpoints))
 
     def _batch(self, size: int, g: torch.Generator):
-        """This rank's slice of a global batch of `size` (each rank draws its own from its seed)."""
-        seed_parts = (int(torch.randint(0, 2**31 - 1, (1,), generator=g)), self.env.rank)
-        return self.dataset.batch(size // self.env.world, seed_parts)
+        """This rank's slice of a global batch of `size` (each rank draws its own from its seed),
+        from the prefetching thread when the recipe asks for one (data.prefetch)."""
+        data_seed = batch_seed(g)
+        if self._prefetch is not None and self._prefetch.size == size // self.env.world:
+            return self._prefetch.get(self._step, data_seed)
+        return self.dataset.batch(size // self.env.world, (data_seed, self.env.rank))
 
     # -- stages -------------------------------------------------------------------
     def run(self) -> None:

@@ -20,6 +20,7 @@ class DataConfig:
     classes: bool = True  # condition on class labels when the data has them
     text: bool = True  # condition on captions when the data has them
     inpaint_prob: float = 0.3  # share of training samples with a random inpainting mask
+    prefetch: int = 0  # batches drawn ahead by a background thread (0: none; GPU recipes use 2); exact either way
 
 
 @dataclass(frozen=True)

@@ -145,3 +145,12 @@ def test_killed_evaluation_resumes_from_its_finished_rows(quick_run, tmp_path):
     assert resumed.stdout.count("[evaluate] gamma=") == len(expected["rows"]) - done  # only the rest is drawn
     assert read_metrics(out)["rows"] == expected["rows"]
     assert not (out / ".eval").exists()
+
+
+def test_prefetched_batches_train_the_same_weights(quick_run, tmp_path):
+    """data.prefetch draws batches ahead in a thread, from the same seeds: the same weights."""
+    out = tmp_path / "family"
+    cli("run", "quick", "--out", out, "--no-eval", "--set", "data.prefetch=2")
+    for name in ["teacher", "stage1", *STUDENTS, *STOCHASTIC]:
+        a, b = load_file(out / name / "model.safetensors"), load_file(quick_run / name / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs with prefetching"

@@ -21,6 +21,7 @@ cancelled request stays cancelled. Submitting is idempotent by job id.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import BadEntry, Job, JobResult, read_job, read_result
 
+log = logging.getLogger("fewstep.queue")
 GROUP = "workers"
 HANDOVER_TTL_S = 60  # a synchronous result waits this long for its request at most
 DEAD_LETTER_MAXLEN = 10_000
@@ -189,6 +191,7 @@ class RedisQueue:
         self._touch = client.register_script(_TOUCH)
         self._prune = client.register_script(_PRUNE)
         self._claim_cursor = "0-0"  # where the next takeover scan of the pending list starts
+        self._no_info = False  # INFO refused (then takeover cannot wait out a restart)
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -230,7 +233,7 @@ class RedisQueue:
         dead workers' entries behind many live ones are reached too. Until Redis has been up for
         min_idle_ms, nothing is taken: after a restart every pending entry looks idle for the
         whole downtime, and live workers need a moment to refresh theirs."""
-        if int((await self.redis.info("server"))["uptime_in_seconds"]) * 1000 < min_idle_ms:
+        if await self._uptime_ms() < min_idle_ms:
             return []
         reply = await self.redis.xautoclaim(self.stream, GROUP, consumer, min_idle_ms, start_id=self._claim_cursor, count=count)
         self._claim_cursor = _decode(reply[0])  # "0-0" once the scan reached the end
@@ -242,6 +245,18 @@ class RedisQueue:
                 for e, pending in zip(entries, await pipe.execute()):
                     e.deliveries = int(pending[0]["times_delivered"]) if pending else 1
         return entries
+
+    async def _uptime_ms(self) -> float:
+        """How long Redis has been up; infinite where INFO is not allowed or says nothing (a managed
+        Redis, a renamed command): takeover then does not wait, as before the check existed."""
+        if self._no_info:
+            return float("inf")
+        try:
+            return int((await self.redis.info("server"))["uptime_in_seconds"]) * 1000
+        except (ResponseError, KeyError, ValueError) as exc:
+            self._no_info = True
+            log.warning("Redis INFO is not available (%s): takeover will not wait out a Redis restart", exc)
+            return float("inf")
 
     async def touch(self, consumer: str, stream_ids: list[str]) -> set[str]:
         """Reset the idle time of entries this consumer still holds (a live worker's work is

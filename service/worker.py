@@ -39,6 +39,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._pending: list[Entry] = []  # gathered, not yet finished: resumed after a Redis error
         self._batch_started: float | None = None  # monotonic start of the batch now running
+        self._batch_ids: set[str] = set()  # its stream ids
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Any Redis error (and any other failure outside a batch) makes
@@ -63,6 +64,7 @@ class Worker:
                     log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs", self.name, exc, backoff)
                 except Exception:  # noqa: BLE001 - a bug must not end the worker either
                     log.exception("worker %s: unexpected failure; retrying in %.1fs", self.name, backoff)
+                    self._pending = []  # not Redis trouble: what it held is left to a takeover (and the delivery limit)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
@@ -89,14 +91,17 @@ class Worker:
         s = self.settings
         now = time.monotonic()
         if now - self._last_claim > s.claim_idle_ms / 4000:
+            self._last_claim = now
             taken = await self.queue.claim(self.name, s.claim_idle_ms, 1)
-            self._last_claim = 0.0 if taken else now  # more may be waiting: look again at once
             if taken:
+                self._last_claim = 0.0  # more may be waiting: look again at once
                 log.info("worker %s took over an unacknowledged request (delivery %d)", self.name, taken[0].deliveries)
+                self._pending = list(taken)
                 return taken
         entries = await self.queue.read(self.name, s.max_batch_size, block_ms=500)
         if not entries:
             return []
+        self._pending = list(entries)  # from here on a Redis error resumes them, not a takeover
         # fill the batch: sweep what is already queued, then wait (here, not in Redis: a short
         # BLOCK times out only at Redis's next cron tick, up to 1/hz = 100 ms late)
         until = time.monotonic() + s.max_wait_ms / 1000
@@ -104,6 +109,7 @@ class Worker:
             more = await self.queue.read(self.name, s.max_batch_size - len(entries), block_ms=None)
             if more:
                 entries += more
+                self._pending = list(entries)
                 continue
             remaining = until - time.monotonic()
             if remaining <= 0:
@@ -136,6 +142,7 @@ class Worker:
             alone = [[e] for e in ready if e.deliveries > 1]  # taken over: maybe what killed a worker
             fresh = [e for e in ready if e.deliveries <= 1]
             for batch in alone + plan_batches(fresh, s.max_batch_size, key=lambda e: batch_key(e.job)):
+                self._batch_ids = {e.stream_id for e in batch}
                 await self._run_batch(batch)
                 held.difference_update(e.stream_id for e in batch)
         finally:
@@ -204,15 +211,16 @@ class Worker:
         are no longer refreshed, so other workers take them over and the delivery limit applies."""
         s = self.settings
         period = s.claim_idle_ms / 4000
+        hung: set[str] = set()
         while True:
             await asyncio.sleep(period)
             started = self._batch_started
-            if started is not None and time.monotonic() - started > s.batch_timeout_s:
+            if started is not None and time.monotonic() - started > s.batch_timeout_s and not self._batch_ids <= hung:
+                hung |= self._batch_ids
                 log.error("worker %s: a batch has run for over %.0fs (FEWSTEP_BATCH_TIMEOUT_S); leaving its %d requests to other workers",
-                          self.name, s.batch_timeout_s, len(held))
-                return
+                          self.name, s.batch_timeout_s, len(self._batch_ids))
             try:
-                await self.queue.touch(self.name, sorted(held))
+                await self.queue.touch(self.name, sorted(held - hung))
             except REDIS_TROUBLE as exc:
                 log.warning("worker %s: could not refresh its requests (%s)", self.name, exc)
 

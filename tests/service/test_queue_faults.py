@@ -515,3 +515,23 @@ def test_a_synchronous_request_queued_longer_than_the_job_ttl_is_still_answered(
         assert result is not None and result.status == "succeeded"
 
     with_queue(redis_server.url, body)
+
+
+def test_takeover_works_where_redis_refuses_info(redis_server):
+    """A managed Redis may forbid INFO: takeover then goes on without the restart wait."""
+
+    async def body(queue, client):
+        await client.execute_command("ACL", "SETUSER", "no-info", "on", "nopass", "~*", "&*", "+@all", "-info")
+        url = redis_server.url.replace("redis://", "redis://no-info@")
+        limited = aioredis.from_url(url)
+        try:
+            q = RedisQueue(limited, queue.prefix, queue.job_ttl_s)
+            j = a_job()
+            await q.submit(j, 10)
+            await q.read("dead", 1, block_ms=None)
+            await asyncio.sleep(0.15)
+            assert [e.job.id for e in await q.claim("w", 100, 1)] == [j.id]
+        finally:
+            await limited.aclose()
+
+    with_queue(redis_server.url, body)

@@ -21,7 +21,11 @@ def discover(models_dir: Path | None) -> dict[str, Path]:
             raise FileNotFoundError(f"FEWSTEP_MODELS_DIR {models_dir} is not a directory")
         dirs = [models_dir] if (models_dir / "family.json").is_file() else sorted(p for p in models_dir.iterdir() if (p / "family.json").is_file())
         for d in dirs:
-            found[read_family(d).family] = d
+            name = read_family(d).family
+            if name in found:
+                raise ValueError(f"two model families are named {name!r}: {found[name]} and {d}; "
+                                 f"give one another name (python -m training export DIR --to DEST --name NEW_NAME)")
+            found[name] = d
     return found
 
 

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", required=True, type=Path, dest="dest")
     ex.add_argument("--dtype", default="float16")
     ex.add_argument("--max-steps", type=int, default=8)
+    ex.add_argument("--name", help="the family's name in the copy (default: the recipe's); two served families may not share one")
     rp = sub.add_parser("report", help="write a readable report (tables, plots, sample grid) of an evaluated family")
     rp.add_argument("dir", type=Path)
     rp.add_argument("--out", required=True, type=Path, help="directory for report.md and its figures")
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from .export import export_family
 
-            print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps)}")
+            print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps, name=args.name)}")
             return 0
         if args.command == "response":
             from .evaluate import responses

@@ -7,6 +7,7 @@ plus recipe.json, the evaluator and metrics.json when present. No training state
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,11 +21,17 @@ from model.manifest import read_family, write_family
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8) -> Path:
+def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8, name: str | None = None) -> Path:
+    """`name`: the family's name in the copy (default: the recipe's), as the service and its
+    requests' `model` field know it."""
     src, dest = Path(src), Path(dest)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ValueError(f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     info = read_family(src)
+    if name is not None:
+        info = replace(info, family=name)
     keep = {
         name: c for name, c in info.checkpoints.items()
         if c["role"] in ("teacher", "stage1", "stochastic") or (c["role"] == "distilled" and c["steps"] <= max_steps)

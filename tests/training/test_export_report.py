@@ -44,3 +44,19 @@ def test_export_refuses_a_directory_without_a_family(tmp_path):
     proc = cli("export", tmp_path, "--to", tmp_path / "x", check=False)
     assert proc.returncode == 2 and "family.json" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_export_names_the_family_and_the_service_refuses_two_of_one_name(quick_run, tmp_path):
+    from service.registry import discover
+
+    models = tmp_path / "models"
+    cli("export", quick_run, "--to", models / "a", "--name", "quick-a")
+    cli("export", quick_run, "--to", models / "b", "--name", "quick-b")
+    assert json.loads((models / "a" / "family.json").read_text())["family"] == "quick-a"
+    assert {"quick-a", "quick-b", "shapes"} <= set(discover(models))
+    cli("export", quick_run, "--to", models / "c")  # the recipe's name again...
+    cli("export", quick_run, "--to", models / "d")  # ...twice
+    with pytest.raises(ValueError, match="two model families are named 'quick'"):
+        discover(models)
+    bad = cli("export", quick_run, "--to", tmp_path / "x", "--name", "../evil", check=False)
+    assert bad.returncode == 2 and "--name" in bad.stderr and not (tmp_path / "x").exists()

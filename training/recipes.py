@@ -40,6 +40,7 @@ def quick() -> Recipe:
         gamma_embed_dim=16,
         teacher=StageConfig(steps=80, batch_size=32, lr=1e-3, ema_decay=0.9, warmup=5, save_every_s=2),
         stage1=StageConfig(steps=30, batch_size=16, lr=5e-4, gamma_lr=3e-3, ema_decay=0.9, warmup=5, save_every_s=2),
+        gamma_extrapolate=("class", "text"),
         distill=stage,
         distill_start_steps=16,
         stochastic=stage,
@@ -49,21 +50,24 @@ def quick() -> Recipe:
 
 
 def shapes() -> Recipe:
-    """The built-in family: 16x16 shapes, class + text + inpainting, N_0 = 32 down to 1 step.
-    Sized for ~70 min of distillation on 2 cores (README, "Sizing"), from a teacher of 5000 x
-    0.35 s: stage 1 2000 x 0.6 s, five rounds x 800 x 0.5 s, stochastic 3 x 600 x 0.55 s.
-    The gamma branch has its own learning rate (docs/benchmarks/gamma-pathway.md); the rounds
-    anneal the learning rate linearly to zero without EMA, as Salimans & Ho's released setup."""
-    distill = StageConfig(steps=800, batch_size=64, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120)
+    """The built-in family: 16x16 shapes, class + text + inpainting, N_0 = 16 down to 1 step.
+    From a teacher of 5000 steps, the distillation is sized for about 2 hours on 2 cores at
+    ~1.35 s per distillation step (two teacher passes and a student update, batch 64):
+    stage 1 2000 steps, four rounds x 400, stochastic 3 x 250. Gamma enters through its own
+    MLP (own learning rate) and pushes the class and text conditions from the null one
+    (docs/design.md, "Where gamma enters"); the rounds anneal the learning rate linearly to
+    zero without EMA, as Salimans & Ho's released setup."""
+    distill = StageConfig(steps=400, batch_size=64, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120)
     return Recipe(
         name="shapes",
         data=DataConfig(kind="shapes", resolution=16),
         network={"kind": "unet", "block_out_channels": [32, 64], "attention_levels": [False, True], "layers_per_block": 1, "attention_head_dim": 8, "norm_num_groups": 8},
         teacher=StageConfig(steps=5000, batch_size=64, lr=3e-4, ema_decay=0.9995, warmup=200, save_every_s=120),
         stage1=StageConfig(steps=2000, batch_size=64, lr=2e-4, gamma_lr=3e-3, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120),
+        gamma_extrapolate=("class", "text"),
         distill=distill,
-        distill_start_steps=32,
-        stochastic=StageConfig(steps=600, batch_size=64, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120),
+        distill_start_steps=16,
+        stochastic=StageConfig(steps=250, batch_size=64, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=50, save_every_s=120),
         # ~230 network evaluations per (sample, gamma): 1024 samples x 3 seed sets x 4 gammas in ~90 min on 2 cores
         evaluation=EvalConfig(samples=1024, batch_size=256, repeats=3, reference_steps=64, teacher_steps=(1, 2, 4, 8), dpm_steps=(4,), stage1_steps=32, evaluator_steps=600),
     )
@@ -74,10 +78,11 @@ def shapes_gpu() -> Recipe:
     distill = StageConfig(steps=3000, batch_size=256, lr=1e-4, lr_schedule="linear", ema_decay=0.0, warmup=100, save_every_s=120)
     return Recipe(
         name="shapes-gpu",
-        data=DataConfig(kind="shapes", resolution=32),
+        data=DataConfig(kind="shapes", resolution=32, prefetch=2),
         network={"kind": "unet", "block_out_channels": [64, 128, 128], "attention_levels": [False, True, True], "layers_per_block": 2, "attention_head_dim": 16, "norm_num_groups": 16},
         teacher=StageConfig(steps=20000, batch_size=256, lr=3e-4, ema_decay=0.9999, warmup=500, save_every_s=120),
         stage1=StageConfig(steps=6000, batch_size=256, lr=2e-4, gamma_lr=3e-3, lr_schedule="linear", ema_decay=0.0, warmup=100, save_every_s=120),
+        gamma_extrapolate=("class", "text"),
         distill=distill,
         distill_start_steps=128,
         final_rounds_scale=2.0,

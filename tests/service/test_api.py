@@ -253,4 +253,6 @@ def test_guidance_steers_what_the_4_step_student_draws(service):
     ref = {r["guidance"]: r["adherence"] for r in metrics["rows"] if r["sampler"] == "teacher-ddim" and r["steps"] == metrics["reference"]["steps"]}
     teacher_gain = ref[4.0] - ref[0.0]
     assert teacher_gain > 0.05, ref  # the teacher itself responds to guidance
+    print(f"[steering] 4-step adherence over HTTP: gamma 0 {result[0.0]:.3f}, gamma 4 {result[4.0]:.3f}; "
+          f"gain {result[4.0] - result[0.0]:.3f} = {(result[4.0] - result[0.0]) / teacher_gain:.2f} of the teacher's {teacher_gain:.3f}")
     assert result[4.0] - result[0.0] >= 0.4 * teacher_gain, (result, ref)

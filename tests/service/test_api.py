@@ -224,10 +224,9 @@ def test_img2img_follows_the_strength_at_one_step(service):
 def test_guidance_steers_what_the_4_step_student_draws(service):
     """What a user relies on: asking for more guidance gets images that follow the class more,
     as the teacher's do. Over HTTP, the 4-step student's adherence (the family's own evaluator)
-    rises from gamma 0 to gamma 4 by at least 0.4 of the teacher's rise in metrics.json (the
-    first built-in students, whose gamma input barely worked, did not rise at all: 0.815 ->
-    0.804; the goal is half, which the evaluation meets at 0.57 and this sample of 448 images
-    per gamma misses at 0.48)."""
+    rises from gamma 0 to gamma 4 by at least half the teacher's rise in metrics.json (the first
+    built-in students did not rise at all, 0.815 -> 0.804; the previous ones rose 0.48 of it;
+    the current ones 0.80, on these 448 images per gamma)."""
     import json as _json
 
     from model.builtin import BUILTIN_DIR
@@ -255,4 +254,4 @@ def test_guidance_steers_what_the_4_step_student_draws(service):
     assert teacher_gain > 0.05, ref  # the teacher itself responds to guidance
     print(f"[steering] 4-step adherence over HTTP: gamma 0 {result[0.0]:.3f}, gamma 4 {result[4.0]:.3f}; "
           f"gain {result[4.0] - result[0.0]:.3f} = {(result[4.0] - result[0.0]) / teacher_gain:.2f} of the teacher's {teacher_gain:.3f}")
-    assert result[4.0] - result[0.0] >= 0.4 * teacher_gain, (result, ref)
+    assert result[4.0] - result[0.0] >= 0.5 * teacher_gain, (result, ref)

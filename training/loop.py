@@ -187,7 +187,7 @@ def train(
     last_save = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=start, desc=name, disable=not env.is_main, mininterval=2.0, dynamic_ncols=True)
     loss_sum = torch.zeros((), device=device)
-    first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1-based step of the first non-finite loss; 0: none
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first non-finite step's key (below); 0: none
     since = 0
     with StopSignals() as stop:
         for step in range(start, cfg.steps):
@@ -202,8 +202,10 @@ def train(
             opt.step()
             ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))  # ema_decay 0: a plain copy
             loss_sum += loss.detach()
-            bad_now = ~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)  # a finite loss can still have inf gradients
-            first_bad = torch.where((first_bad == 0) & bad_now, step + 1, first_bad)
+            # key 2k-1: step k's loss was non-finite; 2k: only its gradient (in DDP, another rank's NaN reaches all)
+            loss_bad, grad_bad = ~torch.isfinite(loss.detach()), ~torch.isfinite(norm)
+            key = torch.where(loss_bad, 2 * (step + 1) - 1, 2 * (step + 1))
+            first_bad = torch.where((first_bad == 0) & (loss_bad | grad_bad), key, first_bad)
             since += 1
             done = step + 1
             if since < cfg.sync_every and done < cfg.steps:  # the ranks check together, at the same steps only
@@ -211,8 +213,9 @@ def train(
             bad, stopping = _collective_flags(env, first_bad, stop.signal is not None, device)
             if bad:
                 bar.close()
-                at = min(bad.values())
-                ranks = sorted(r for r, k in bad.items() if k == at)
+                first_key = min(bad.values())
+                at = (first_key + 1) // 2
+                ranks = sorted(r for r, k in bad.items() if k == first_key)
                 raise FloatingPointError(
                     f"{name}: the loss or its gradient became non-finite at step {at} on rank(s) {ranks}; stopped on every rank after "
                     f"step {done}, nothing of it saved. --resume retries from the last saved state (each step's data is fixed, so a "

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from model.family import Family  # noqa: E402
+from model.schedule import time_grid  # noqa: E402
 from model.noise import SeededNoise  # noqa: E402
 
 from .config import Recipe  # noqa: E402
@@ -177,7 +178,7 @@ def sample_grid(directory: Path, path: Path, gamma: float, n: int = 8) -> None:
         denoise, fn = denoiser_for(family, s, k, gamma)
         noise = SeededNoise(ev.seeds)
         with torch.no_grad():
-            x = family.autoencoder.decode(fn(denoise, noise.randn(shape), ev.cond, steps=k, noise=noise)).clamp(-1, 1)
+            x = family.autoencoder.decode(fn(denoise, noise.randn(shape), ev.cond, grid=time_grid(k), noise=noise)).clamp(-1, 1)
         for j in range(n):
             ax = axes[i][j]
             ax.imshow(((x[j].permute(1, 2, 0) + 1) / 2).numpy(), interpolation="nearest")

@@ -128,6 +128,8 @@ def test_killed_evaluation_resumes_from_its_finished_rows(quick_run, tmp_path):
     the finished rows, and writes the same table as the uninterrupted evaluation."""
     out = tmp_path / "family"
     shutil.copytree(quick_run, out)
+    cli("evaluate", out, "--fresh")  # uninterrupted, with the evaluator loaded from disk as below
+    expected = read_metrics(out)
     (out / "metrics.json").unlink()
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "training", "evaluate", str(out)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -138,7 +140,6 @@ def test_killed_evaluation_resumes_from_its_finished_rows(quick_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(parts.read_text().splitlines())
-    expected = read_metrics(quick_run)
     assert 5 <= done < len(expected["rows"]), f"killed after {done} parts"
     resumed = cli("evaluate", out)
     assert f"resuming: {done} finished parts" in resumed.stdout

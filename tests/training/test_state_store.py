@@ -60,6 +60,6 @@ def test_a_run_killed_inside_a_save_resumes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr[-2000:]  # killed in its second save
     assert saved_step(out / ".state" / "teacher") == 10  # the first save is there, the second never landed
-    resumed = cli(*args[:3], "--resume", *args[3:])
+    resumed = cli(*args[:4], "--resume", *args[4:])
     assert "10/40" in resumed.stderr.replace("\r", "\n")
     assert (out / "distilled-1" / "model.safetensors").is_file()

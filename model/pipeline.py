@@ -11,6 +11,7 @@ their arithmetic by shape, and a different batch size changes the last bits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -21,6 +22,9 @@ from .guidance import clipped, gamma_conditioned, inpainting
 from .noise import SeededNoise
 from .schedule import time_grid
 from .samplers import img2img_evaluations, img2img_start, off_grid, sample_ddim, sample_stochastic, step_to_grid
+
+
+StepPreview = Callable[[int, int, int, torch.Tensor], None]  # (step k, steps n, first row, previews)
 
 
 @dataclass
@@ -74,16 +78,20 @@ class Pipeline:
         return images.to(fam.device, fam.dtype), masks.to(fam.device, fam.dtype)
 
     @torch.no_grad()
-    def generate(self, requests: list[Request], *, steps: int, stochastic: bool = False) -> torch.Tensor:
+    def generate(self, requests: list[Request], *, steps: int, stochastic: bool = False, on_step: StepPreview | None = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [-1, 1] for requests that share (steps, stochastic). Requests are
-        trusted: check what users send with `model.validation.check_request` first."""
+        trusted: check what users send with `model.validation.check_request` first.
+
+        `on_step(k, n, first, previews)`, when given, is called after each sampling step k = 0..n-1
+        with the decoded clean-image predictions (x_hat, in [-1, 1]) of rows first, first + 1, ...
+        of `requests` (one call per chunk of rows with fixed_batch)."""
         if not requests:
             raise ValueError("no requests to generate")
         if self.fixed_batch is None:
-            return self._generate(requests, steps, stochastic)
+            return self._generate(requests, steps, stochastic, on_step, 0)
         size = self.fixed_batch
         padded = requests + [requests[-1]] * (-len(requests) % size)  # a copy of a valid request fills the last chunk
-        chunks = [self._generate(padded[i : i + size], steps, stochastic) for i in range(0, len(padded), size)]
+        chunks = [self._generate(padded[i : i + size], steps, stochastic, on_step, i) for i in range(0, len(padded), size)]
         return torch.cat(chunks)[: len(requests)]
 
     def evaluations(self, request: Request, *, steps: int) -> int:
@@ -93,7 +101,7 @@ class Pipeline:
             return steps
         return img2img_evaluations(request.strength, time_grid(steps))
 
-    def _generate(self, requests: list[Request], steps: int, stochastic: bool) -> torch.Tensor:
+    def _generate(self, requests: list[Request], steps: int, stochastic: bool, on_step: StepPreview | None, first: int) -> torch.Tensor:
         fam = self.family
         student = fam.student(steps, stochastic)
         grid = time_grid(steps)
@@ -119,7 +127,11 @@ class Pipeline:
             first = fam.model("stage1") if "stage1" in fam.info.checkpoints else student
             z = step_to_grid(self._denoiser(first, gamma, known), z, cond, t=t, start=start, grid=grid)
         sampler = sample_stochastic if stochastic else sample_ddim
-        z = sampler(self._denoiser(student, gamma, known), z, cond, grid=grid, start=start, noise=noise)
+        callback = None
+        if on_step is not None:
+            def callback(k, n, x_hat):
+                on_step(k, n, first, fam.autoencoder.decode(x_hat).clamp(-1, 1))
+        z = sampler(self._denoiser(student, gamma, known), z, cond, grid=grid, start=start, noise=noise, callback=callback)
         images = fam.autoencoder.decode(z).clamp(-1, 1)
         for k, r in enumerate(requests):  # inpainting keeps the unmasked pixels exactly
             if r.mask is not None:

@@ -39,7 +39,8 @@ class Ask:
 
     steps: int | None = None
     stochastic: bool = False
-    guidance: float | None = None
+    guidance: float | tuple[float, ...] | None = None  # a tuple: a guidance sweep (one image per value, one seed)
+    n: int = 1
     class_label: int | str | None = None
     prompt: str | None = None
     image_size: tuple[int, int] | None = None  # img2img source or the image to inpaint
@@ -58,15 +59,21 @@ class Checked:
     class_label: int | None
     prompt: str | None
     strength: float  # 1.0 unless img2img
+    sweep: tuple[float, ...] | None = None  # a guidance sweep: these values, one image each (`guidance` is the first)
+
+
+MAX_SWEEP = 8  # guidance values in one sweep
 
 
 def check_request(info: FamilyInfo, ask: Ask, limits: Limits = Limits()) -> Checked:
     """Resolve and check `ask` against `info`; raise InvalidRequest with a message a user can act on."""
     steps = _steps(info, ask.steps, ask.stochastic, limits.default_steps)
+    sweep = _sweep(info, ask, limits.default_guidance)
     return Checked(
         steps=steps,
         stochastic=ask.stochastic,
-        guidance=_guidance(info, ask.guidance, limits.default_guidance),
+        guidance=sweep[0] if sweep else _guidance(info, ask.guidance, limits.default_guidance),
+        sweep=sweep,
         class_label=_class_label(info, ask.class_label),
         prompt=_prompt(info, ask, limits.max_prompt_chars),
         strength=_images(info, ask),
@@ -94,6 +101,18 @@ def _guidance(info: FamilyInfo, guidance: float | None, default: float) -> float
     if not (math.isfinite(guidance) and lo <= guidance <= hi):
         raise InvalidRequest(f"guidance {guidance} is outside the trained range [{lo}, {hi}] of model {info.family!r}", "guidance")
     return float(guidance)
+
+
+def _sweep(info: FamilyInfo, ask: Ask, default: float) -> tuple[float, ...] | None:
+    """A guidance sweep's values, each in range; None for a single guidance value."""
+    if not isinstance(ask.guidance, (tuple, list)):
+        return None
+    values = tuple(ask.guidance)
+    if not 1 <= len(values) <= MAX_SWEEP:
+        raise InvalidRequest(f"a guidance sweep takes 1 to {MAX_SWEEP} values, got {len(values)}", "guidance")
+    if ask.n != 1:
+        raise InvalidRequest(f"a guidance sweep draws one seed at each of its values: n must be 1, got {ask.n}", "n")
+    return tuple(_guidance(info, float(g), default) for g in values)
 
 
 def _class_label(info: FamilyInfo, label: int | str | None) -> int | None:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT_VERSION = 2  # 2: Job.store_result
+FORMAT_VERSION = 3  # 2: Job.store_result; 3: Job.sweep, JobResult.guidance may be a list
 
 Format = Literal["png", "jpeg", "webp"]
 Endpoint = Literal["generate", "txt2img", "img2img", "inpaint"]
@@ -39,7 +39,7 @@ class JobItem(_Model):
 class Job(_Model):
     """A checked request: one student (model, steps, stochastic), one output format, its items."""
 
-    version: Literal[2] = FORMAT_VERSION
+    version: Literal[3] = FORMAT_VERSION
     id: str
     endpoint: Endpoint
     model: str
@@ -49,13 +49,14 @@ class Job(_Model):
     created: float  # unix time
     deadline: float  # unix time; a worker that reaches the job later fails it (504)
     store_result: bool = False  # True: kept for GET /v1/jobs/{id}; False: handed to the waiting request only
+    sweep: bool = False  # a guidance sweep: the items share a seed and differ in guidance
     items: list[JobItem] = Field(min_length=1)
 
 
 class JobResult(_Model):
     """What a job came to: images (base64 of the encoded files) or an error with an HTTP status."""
 
-    version: Literal[2] = FORMAT_VERSION
+    version: Literal[3] = FORMAT_VERSION
     status: Literal["succeeded", "failed"]
     code: int = 200  # the HTTP status a synchronous request answers with
     error: str | None = None
@@ -64,7 +65,7 @@ class JobResult(_Model):
     stochastic: bool | None = None
     format: Format | None = None
     seeds: list[int] = Field(default_factory=list)
-    guidance: float | None = None
+    guidance: float | list[float] | None = None  # a list for a guidance sweep, one value per image
     images: list[str] = Field(default_factory=list)
     batch_requests: int | None = None
     batch_images: int | None = None

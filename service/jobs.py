@@ -46,7 +46,8 @@ def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Setting
     ask = Ask(
         steps=body.steps,
         stochastic=body.stochastic,
-        guidance=body.guidance,
+        guidance=tuple(body.guidance) if isinstance(body.guidance, list) else body.guidance,
+        n=body.n,
         class_label=getattr(body, "class_label", None),
         prompt=getattr(body, "prompt", None),
         image_size=picture.size if picture is not None else None,
@@ -65,6 +66,10 @@ def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Setting
         "strength": checked.strength,
     }
     seed = body.seed if body.seed is not None else random.randrange(2**31)
+    if checked.sweep is not None:  # one seed, one image per guidance value
+        items = [JobItem(**{**item, "guidance": g}, seed=seed) for g in checked.sweep]
+    else:
+        items = [JobItem(**item, seed=seed + k) for k in range(body.n)]
     now = time.time()
     return Job(
         id=job_id or uuid.uuid4().hex,
@@ -76,7 +81,8 @@ def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Setting
         created=now,
         deadline=now + deadline_s,
         store_result=store_result,
-        items=[JobItem(**item, seed=seed + k) for k in range(body.n)],
+        sweep=checked.sweep is not None,
+        items=items,
     )
 
 

@@ -13,6 +13,8 @@ Keys, under a prefix p (default "fewstep"):
   p:result:{id}   an asynchronous job's result (a contract.JobResult), kept job_ttl_s.
   p:done:{id}     a synchronous request's result, handed over to the request waiting on it
                   (BLPOP); kept HANDOVER_TTL_S at most.
+  p:events:{id}   stream: an asynchronous job's progress events (started, each step with its
+                  preview), for GET /v1/jobs/{id}/events; capped, kept job_ttl_s.
   p:workers       sorted set: worker name -> time of its last heartbeat.
 The first finish wins: a later one (a worker that was thought dead) changes nothing, and a
 cancelled request stays cancelled. Submitting is idempotent by job id.
@@ -21,6 +23,7 @@ cancelled request stays cancelled. Submitting is idempotent by job id.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ log = logging.getLogger("fewstep.queue")
 GROUP = "workers"
 HANDOVER_TTL_S = 60  # a synchronous result waits this long for its request at most
 DEAD_LETTER_MAXLEN = 10_000
+EVENTS_MAXLEN = 64  # progress events kept per job (8 steps and a few more)
 
 _SUBMIT = """
 local known = redis.call('HGET', KEYS[2], 'stream_id')
@@ -201,6 +205,30 @@ class RedisQueue:
 
     def done_key(self, job_id: str) -> str:
         return f"{self.prefix}:done:{job_id}"
+
+    def events_key(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    async def add_events(self, job_id: str, events: list[dict]) -> None:
+        """Append progress events (JSON objects with a "type") to a job's event stream."""
+        key = self.events_key(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(key, {"event": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.expire(key, self.job_ttl_s)
+            await pipe.execute()
+
+    async def read_events(self, job_id: str, after: str, block_ms: int | None = None) -> list[tuple[str, dict]]:
+        """The job's events after stream id `after` ("0-0": all), waiting up to block_ms for one."""
+        client = self.waiter if block_ms else self.redis
+        raw = await client.xread({self.events_key(job_id): after}, block=block_ms)
+        out = []
+        for _key, items in raw or []:
+            for sid, fields in items:
+                event = {_decode(k): v for k, v in fields.items()}.get("event")
+                if event is not None:
+                    out.append((_decode(sid), json.loads(_decode(event))))
+        return out
 
     async def ensure_group(self) -> None:
         try:

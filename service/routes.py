@@ -5,21 +5,24 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import metrics
+from . import metrics, progress
 from .deps import KeyChecked, StateDep
 from .handling import enqueue, public_result, render, run_job, wanted_image_type
+from .images import b64decode
 from .jobs import build_job, idempotent_job_id
+from .png_info import read_settings
 from .schemas import (
     BODIES,
     GenerateBody,
     Img2ImgBody,
     InpaintBody,
     JobBody,
+    PngInfoBody,
     Sampling,
     Txt2ImgBody,
 )
@@ -104,6 +107,14 @@ async def get_job(job_id: str, state: StateDep) -> dict:
     return out
 
 
+@v1.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events: queued, started, step (with a preview), then done, failed or cancelled"}})
+async def job_events(job_id: str, request: Request, state: StateDep) -> StreamingResponse:
+    """A job's progress as server-sent events (service/progress.py lists them)."""
+    if await state.queue.status(job_id) is None:
+        raise HTTPException(404, f"no job {job_id!r} (unknown, or its result has expired)")
+    return StreamingResponse(progress.job_events(state, job_id, request), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 @v1.delete("/jobs/{job_id}")
 async def cancel_job(job_id: str, state: StateDep) -> dict:
     outcome = await state.queue.cancel(job_id)
@@ -112,6 +123,13 @@ async def cancel_job(job_id: str, state: StateDep) -> dict:
     if outcome != "cancelled":
         raise HTTPException(409, f"job {job_id} has already ended ({outcome})")
     return {"id": job_id, "status": "cancelled"}
+
+
+@v1.post("/png-info")
+async def png_info(body: PngInfoBody, state: StateDep) -> dict:
+    """The generation settings a PNG from this service carries (its text chunks)."""
+    data = b64decode(body.image, "image", state.settings.max_image_bytes)
+    return {"settings": read_settings(data)}
 
 
 @v1.get("/models")

@@ -10,6 +10,7 @@ import base64
 import io
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from model.pipeline import Pipeline, Request
 
 from . import metrics
 from .contract import Job, JobItem, JobResult
+from .png_info import png_text, settings_of
 
 log = logging.getLogger("fewstep.runner")
 
@@ -54,13 +56,15 @@ class Runner:
             if "stage1" in info.checkpoints:  # img2img between grid points takes one stage-1 step
                 pipe.family.model("stage1")
 
-    def run(self, jobs: list[Job]) -> list[JobResult]:
-        """One forward pass for jobs that share (model, steps, stochastic); one result per job."""
+    def run(self, jobs: list[Job], on_event: Callable[[str, dict], None] | None = None) -> list[JobResult]:
+        """One forward pass for jobs that share (model, steps, stochastic); one result per job.
+        With `on_event`, asynchronous jobs (store_result) get a "step" event after every sampling
+        step, with a PNG preview of their first image's clean-image prediction."""
         first = jobs[0]
         pipe = self.pipelines[first.model]
         requests = [pipeline_request(item) for job in jobs for item in job.items]
         start = time.perf_counter()
-        images = pipe.generate(requests, steps=first.steps, stochastic=first.stochastic)
+        images = pipe.generate(requests, steps=first.steps, stochastic=first.stochastic, on_step=_previews(jobs, on_event))
         if images.is_cuda:
             torch.cuda.synchronize()
         model_s = time.perf_counter() - start
@@ -81,8 +85,8 @@ class Runner:
                     stochastic=job.stochastic,
                     format=job.format,
                     seeds=[it.seed for it in job.items],
-                    guidance=job.items[0].guidance,
-                    images=[base64.b64encode(encode(img, job.format)).decode() for img in mine],
+                    guidance=[it.guidance for it in job.items] if job.sweep else job.items[0].guidance,
+                    images=[base64.b64encode(encode(img, job.format, settings_of(job, it))).decode() for img, it in zip(mine, job.items)],
                     batch_requests=len(jobs),
                     batch_images=len(requests),
                     model_seconds=model_s,
@@ -93,6 +97,25 @@ class Runner:
 
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _previews(jobs: list[Job], on_event: Callable[[str, dict], None] | None):
+    """The pipeline's step callback that turns previews of watched rows into step events."""
+    watched, row = {}, 0
+    for job in jobs:
+        if job.store_result:
+            watched[row] = job.id  # its first image
+        row += len(job.items)
+    if on_event is None or not watched:
+        return None
+
+    def on_step(k: int, n: int, first: int, previews: torch.Tensor) -> None:
+        for r in range(first, first + previews.shape[0]):
+            if r in watched:
+                png = base64.b64encode(encode(previews[r - first], "png")).decode()
+                on_event(watched[r], {"type": "step", "step": k + 1, "steps": n, "preview": png})
+
+    return on_step
 
 
 def pipeline_request(item: JobItem) -> Request:
@@ -106,9 +129,10 @@ def pipeline_request(item: JobItem) -> Request:
     return Request(seed=item.seed, guidance=item.guidance, class_label=item.class_label, prompt=item.prompt, image=image, mask=mask, strength=item.strength)
 
 
-def encode(image: torch.Tensor, fmt: str) -> bytes:
-    """(3, H, W) in [-1, 1] -> image file bytes."""
+def encode(image: torch.Tensor, fmt: str, settings: dict | None = None) -> bytes:
+    """(3, H, W) in [-1, 1] -> image file bytes; a PNG carries `settings` as text chunks."""
     pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format=FORMATS[fmt], **({"quality": 95} if fmt != "png" else {}))
+    extra = {"quality": 95} if fmt != "png" else ({"pnginfo": png_text(settings)} if settings else {})
+    Image.fromarray(pixels).save(buf, format=FORMATS[fmt], **extra)
     return buf.getvalue()

@@ -19,7 +19,10 @@ class Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, description="model family; default: the built-in one")
-    guidance: float | None = Field(default=None, description="guidance weight gamma, within the family's trained range")
+    guidance: float | list[float] | None = Field(
+        default=None,
+        description="guidance weight gamma, within the family's trained range; a list of up to 8 values is a guidance sweep: one image per value, all from one seed (n = 1), in one batch",
+    )
     steps: int | None = Field(default=None, description="sampling steps (1-8): a count the family has a student for; default: the nearest to the service's default")
     stochastic: bool = Field(default=False, description="use the N-step stochastic sampler")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 9, description="same seed and request -> same pixels; image k uses seed + k")
@@ -53,6 +56,12 @@ class InpaintBody(Conditioned):
 
 
 BODIES: dict[str, type[Sampling]] = {"generate": GenerateBody, "txt2img": Txt2ImgBody, "img2img": Img2ImgBody, "inpaint": InpaintBody}
+
+
+class PngInfoBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(description="base64 PNG (or a data: URL) that this service returned")
 
 
 class JobBody(BaseModel):

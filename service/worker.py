@@ -163,14 +163,17 @@ class Worker:
                 run.append(entry)
         if run:
             jobs = [e.job for e in run]
+            events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
+            await events.started()
             self._batch_started = time.monotonic()
             try:
-                results = await asyncio.to_thread(self._execute, jobs)
+                results = await asyncio.to_thread(self._execute, jobs, events.on_event if events.job_ids else None)
             except Exception as exc:
                 log.exception("worker %s: batch of %d failed", self.name, len(jobs))
                 results = [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
             finally:
                 self._batch_started = None
+                await events.close()  # every step event is written before the job's finish
             done += list(zip(run, results))
         if done:
             await self._finish_surely(done)
@@ -193,14 +196,14 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _execute(self, jobs: list) -> list[JobResult]:
+    def _execute(self, jobs: list, on_event=None) -> list[JobResult]:
         s = self.settings
         if s.test_crash_prompt is not None and any(it.prompt == s.test_crash_prompt for j in jobs for it in j.items):
             log.error("worker %s: test hook: a request asked for the crash prompt; exiting at once", self.name)
             os._exit(70)
         if s.test_batch_delay_s:
             time.sleep(s.test_batch_delay_s)
-        results = self.runner.run(jobs)
+        results = self.runner.run(jobs, on_event) if on_event is not None else self.runner.run(jobs)
         metrics.JOBS_EXECUTED.inc(len(jobs))
         log.debug("worker %s ran %s", self.name, " ".join(j.id for j in jobs))
         return results
@@ -238,6 +241,37 @@ class Worker:
             except REDIS_TROUBLE:
                 pass
             await asyncio.sleep(self.settings.heartbeat_s)
+
+
+class _Progress:
+    """Progress events of a batch's asynchronous jobs: "started", then the runner's step events,
+    which arrive from the worker thread and are written in order by one task. Best effort: an
+    event Redis refuses is logged and dropped; it never fails the job."""
+
+    def __init__(self, queue: RedisQueue, job_ids: list[str]):
+        self.queue, self.job_ids = queue, job_ids
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._publish()) if job_ids else None
+
+    async def started(self) -> None:
+        for job_id in self.job_ids:
+            self._events.put_nowait((job_id, {"type": "started"}))
+
+    def on_event(self, job_id: str, event: dict) -> None:  # called from the worker thread
+        self._loop.call_soon_threadsafe(self._events.put_nowait, (job_id, event))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._events.put_nowait(None)
+            await self._task
+
+    async def _publish(self) -> None:
+        while (item := await self._events.get()) is not None:
+            try:
+                await self.queue.add_events(item[0], [item[1]])
+            except REDIS_TROUBLE as exc:
+                log.warning("progress event of job %s not written (%s)", item[0], exc)
 
 
 def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -> Runner:

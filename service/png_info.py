@@ -1,0 +1,60 @@
+"""Generation settings carried inside the PNG files the service returns, and read back.
+
+Every PNG gets one tEXt chunk per setting (model, endpoint, steps, stochastic, guidance, seed,
+prompt or class_label, strength for img2img) and a `fewstep` chunk holding them all as JSON, so
+that a file dropped back into the playground, or sent to POST /v1/png-info, says how to draw it
+again. Torch-free: the API reads them, workers write them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image, PngImagePlugin
+
+from .contract import Job, JobItem
+from .images import ImageError
+
+CHUNK = "fewstep"  # the JSON chunk; the per-setting chunks are for other PNG readers
+
+
+def settings_of(job: Job, item: JobItem) -> dict:
+    """What it takes to draw this image again."""
+    out = {"model": job.model, "endpoint": job.endpoint, "steps": job.steps, "stochastic": job.stochastic, "guidance": item.guidance, "seed": item.seed}
+    if item.prompt is not None:
+        out["prompt"] = item.prompt
+    if item.class_label is not None:
+        out["class_label"] = item.class_label
+    if job.endpoint == "img2img":
+        out["strength"] = item.strength
+    return out
+
+
+def png_text(settings: dict) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for key, value in settings.items():
+        info.add_itxt(key, value if isinstance(value, str) else json.dumps(value))
+    info.add_itxt(CHUNK, json.dumps(settings, sort_keys=True))
+    return info
+
+
+def read_settings(data: bytes) -> dict:
+    """The settings of a PNG the service made; ImageError (4xx) for anything else."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ImageError("image is not a PNG file", status=415, field="image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            text = dict(image.info)  # the chunks before the pixel data (where ours are), no pixel decoded
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad bytes
+        raise ImageError(f"image is not a readable PNG ({type(exc).__name__})", field="image") from None
+    raw = text.get(CHUNK)
+    if raw is None:
+        raise ImageError("the PNG carries no fewstep settings (it was not made by this service, or its text chunks were stripped)", status=422, field="image")
+    try:
+        settings = json.loads(raw)
+    except ValueError:
+        raise ImageError("the PNG's fewstep settings are not valid JSON", status=422, field="image") from None
+    if not isinstance(settings, dict):
+        raise ImageError("the PNG's fewstep settings are not a JSON object", status=422, field="image")
+    return settings

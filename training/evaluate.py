@@ -197,9 +197,9 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     for gamma in e.guidance:
         references = None
         for sampler, steps in plan:
-            key = f"row/{gamma}/{sampler}/{steps}"
-            if key in progress:
-                rows.append(progress.get(key))
+            part = f"row/{gamma}/{sampler}/{steps}"
+            if part in progress:
+                rows.append(progress.get(part))
                 continue
             if references is None:
                 references = _references(progress, family, e, gamma, sets, shape)
@@ -220,15 +220,15 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
                 stochastic = sampler == "distilled-stochastic"
                 cells["rmse_to_reference"].append(None if stochastic else float((x - references[r]).flatten(1).pow(2).mean(1).sqrt().mean()))
             row = {"sampler": sampler, "steps": steps, "evals": network_evaluations(steps, sampler.startswith("teacher")), "guidance": gamma}
-            for key, values in cells.items():
-                row[key], row[f"{key}_std"] = summary(values)
+            for cell, values in cells.items():
+                row[cell], row[f"{cell}_std"] = summary(values)
             if attr_tv:
                 row["attribute_tv"] = {k: summary(v) for k, v in attr_tv.items()}  # [mean, std]
             name = "stage1" if sampler == "stage1" else (f"distilled-{steps}" if sampler == "distilled" else None)
             if name in responses:
                 row["gamma_response"] = responses[name]
             row = finite(row)
-            progress.put(key, row)
+            progress.put(part, row)
             rows.append(row)
             print(f"[evaluate] gamma={gamma:<4} {sampler:22s} steps={steps:<4} " + _line(row), flush=True)
     fid_floor, fid_floor_std = summary(floor_fid)

@@ -3,6 +3,9 @@
 Returns per-token hidden states for cross-attention, padded to a fixed length, with an
 attention mask. The empty prompt maps to the null condition (an all-False mask). Encodings
 are cached per prompt, so repeated prompts (training captions, popular requests) are free.
+With `on_device`, the encoder runs on `device` and the cache and outputs stay there (training:
+each step's captions are gathered on the GPU without a host copy); otherwise outputs are on
+the CPU.
 With `fixed_batch` set, misses are encoded in chunks of exactly that many rows (padded with
 the empty prompt), so a prompt's encoding never depends on what it was encoded beside.
 """
@@ -22,7 +25,7 @@ TEXT_DIM = 384
 class TextEncoder:
     dim = TEXT_DIM
 
-    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None, fixed_batch: int | None = None):
+    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None, fixed_batch: int | None = None, on_device: bool = False):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
@@ -37,6 +40,7 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(path).eval().to(device or "cpu")
         self.max_length = max_length
         self.device = device or "cpu"
+        self.out_device = self.device if on_device else "cpu"
         self.cache_size = cache_size
         self.fixed_batch = fixed_batch
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -46,8 +50,8 @@ class TextEncoder:
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        states = self.model(**batch).last_hidden_state.float().cpu()
-        return states, batch["attention_mask"].bool().cpu()
+        states = self.model(**batch).last_hidden_state.float().to(self.out_device)
+        return states, batch["attention_mask"].bool().to(self.out_device)
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, 384) token states and a (B, L) bool mask; empty prompts get an all-False mask."""
@@ -67,8 +71,8 @@ class TextEncoder:
                     self._cache.move_to_end(p)
                     s, m = self._cache[p]
                 else:
-                    s = torch.zeros(self.max_length, TEXT_DIM)
-                    m = torch.zeros(self.max_length, dtype=torch.bool)
+                    s = torch.zeros(self.max_length, TEXT_DIM, device=self.out_device)
+                    m = torch.zeros(self.max_length, dtype=torch.bool, device=self.out_device)
                 states.append(s)
                 masks.append(m)
             while len(self._cache) > self.cache_size:

@@ -132,7 +132,7 @@ def train_evaluator(dataset, steps: int, seed: int = 1234, text_encoder=None) ->
         logits = net(x)
         loss = sum(F.cross_entropy(l, batch.attrs[:, a], ignore_index=-1) for a, l in enumerate(logits))
         if text_dim:
-            text, mask = text_encoder(batch.captions)
+            text, mask = (t.cpu() for t in text_encoder(batch.captions))  # the evaluator trains on the CPU
             sim = net.image_joint(x) @ net.text_joint(text, mask).T * net.logit_scale.exp()
             same = torch.tensor([[a == b for b in batch.captions] for a in batch.captions], dtype=torch.float32)
             target = same / same.sum(1, keepdim=True)

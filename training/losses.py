@@ -15,8 +15,21 @@ from model.conditioning import Cond
 from model.guidance import Denoise, clipped, gamma_conditioned
 
 
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
-    return (lo + (hi - lo) * torch.rand(n, generator=g)).to(device)
+def device_generator(g: torch.Generator, device) -> torch.Generator:
+    """A generator on `device`, seeded by the first draw of the step's generator `g`: t, gamma
+    and the noise are drawn where the network runs, with no host-to-device copy, and a
+    resumed step draws exactly what the killed one would have."""
+    dg = torch.Generator(device=device)
+    dg.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+    return dg
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device)
+
+
+def _noise(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
 
 
 def _weighted_mse(v_pred: torch.Tensor, v_target: torch.Tensor, t: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -27,9 +40,9 @@ def _weighted_mse(v_pred: torch.Tensor, v_target: torch.Tensor, t: torch.Tensor,
 def teacher_loss(model, x: torch.Tensor, cond: Cond, *, weighting: str, g: torch.Generator) -> torch.Tensor:
     """Conditional diffusion with v-prediction (Salimans & Ho 2022); `cond` already carries the
     condition dropout that trains the null branch."""
-    n = x.shape[0]
-    t = torch.rand(n, generator=g).to(x.device)
-    eps = torch.randn(x.shape, generator=g).to(x.device)
+    n, g = x.shape[0], device_generator(g, x.device)
+    t = torch.rand(n, generator=g, device=x.device)
+    eps = _noise(x, g)
     z = schedule.diffuse(x=x, eps=eps, t=t)
     v_pred = model(z, t, cond, predict="v")
     return _weighted_mse(v_pred, schedule.v_from_x_eps(x=x, eps=eps, t=t), t, weighting)
@@ -40,10 +53,10 @@ def stage1_loss(student, teacher, x: torch.Tensor, cond: Cond, *, gamma_range, w
     gamma ~ U[gamma_min, gamma_max]. Guidance is linear, so the guided x_hat^gamma target
     equals the guided v target (1 + gamma) v_c - gamma v_null exactly; we compare in v-space
     (after clipping x_hat^gamma with `clip`)."""
-    n = x.shape[0]
-    gamma = _uniform(n, *gamma_range, g, x.device)
-    t = torch.rand(n, generator=g).to(x.device)
-    eps = torch.randn(x.shape, generator=g).to(x.device)
+    n, g = x.shape[0], device_generator(g, x.device)
+    gamma = _uniform(n, *gamma_range, g)
+    t = torch.rand(n, generator=g, device=x.device)
+    eps = _noise(x, g)
     z = schedule.diffuse(x=x, eps=eps, t=t)
     with torch.no_grad():
         v_both = teacher(torch.cat([z, z]), torch.cat([t, t]), Cond.cat([cond, cond.null()]), predict="v")
@@ -83,11 +96,11 @@ def stochastic_target(teacher: Denoise, z_t, t, step: float, first: torch.Tensor
 def distill_loss(student, teacher, x: torch.Tensor, cond: Cond, *, steps: int, stochastic: bool, gamma_range, weighting: str, g: torch.Generator, clip: bool = False) -> torch.Tensor:
     """Stage 2 (Meng et al. 2023, Algorithm 2): the N-step student matches two steps of its
     teacher; with `stochastic`, the student for the N-step stochastic sampler (see stochastic_target)."""
-    n = x.shape[0]
-    gamma = _uniform(n, *gamma_range, g, x.device)
-    i = torch.randint(1, steps + 1, (n,), generator=g).to(x.device)
+    n, g = x.shape[0], device_generator(g, x.device)
+    gamma = _uniform(n, *gamma_range, g)
+    i = torch.randint(1, steps + 1, (n,), generator=g, device=x.device)
     t = i.to(x.dtype) / steps
-    eps = torch.randn(x.shape, generator=g).to(x.device)
+    eps = _noise(x, g)
     z_t = schedule.diffuse(x=x, eps=eps, t=t)
     with torch.no_grad():
         fn = gamma_conditioned(teacher, gamma)

@@ -10,6 +10,8 @@ from model.text_encoder import TEXT_DIM, TextEncoder
 
 from .data import Batch
 
+CAPTION_CACHE = 16384  # distinct captions kept encoded (384 x text_len floats each)
+
 
 class Preparer:
     def __init__(self, dataset, autoencoder, text_len: int, device, p_inpaint: float):
@@ -17,7 +19,9 @@ class Preparer:
         self.autoencoder = autoencoder
         self.device = device
         self.p_inpaint = p_inpaint if dataset.has_inpainting else 0.0
-        self.text_encoder = TextEncoder(max_length=text_len) if dataset.has_text else None
+        # the encoder and its cache live on the training device: a step's captions are cached
+        # embeddings gathered there, not encoded on the CPU and copied
+        self.text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True) if dataset.has_text else None
 
     @property
     def is_image(self) -> bool:
@@ -31,7 +35,6 @@ class Preparer:
         text = text_mask = None
         if self.text_encoder is not None and batch.captions is not None:
             text, text_mask = self.text_encoder(batch.captions)
-            text, text_mask = text.to(self.device), text_mask.to(self.device)
             if labels_only:
                 text_mask = torch.zeros_like(text_mask)
         context = None

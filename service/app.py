@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import errors, metrics
+from . import errors, metrics, pages
 from .openai_routes import router as openai_router
 from .queue import RedisQueue, connect
 from .registry import Registry
@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
         version="0.1.0",
         summary="Guided-distilled diffusion students (1-8 steps) over HTTP.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by service/pages.py (no CDN)
+        redoc_url=None,
     )
     app.state.fewstep = state
 
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
     errors.install(app)
     app.include_router(router)
     app.include_router(openai_router)
+    pages.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-FORMAT_VERSION = 3  # 2: Job.store_result; 3: Job.sweep, JobResult.guidance may be a list
+FORMAT_VERSION = 3  # 2: Job.store_result; 3: Job.sweep and Job.webhook, JobResult.guidance may be a list
 
 Format = Literal["png", "jpeg", "webp"]
 Endpoint = Literal["generate", "txt2img", "img2img", "inpaint"]
@@ -50,6 +50,7 @@ class Job(_Model):
     deadline: float  # unix time; a worker that reaches the job later fails it (504)
     store_result: bool = False  # True: kept for GET /v1/jobs/{id}; False: handed to the waiting request only
     sweep: bool = False  # a guidance sweep: the items share a seed and differ in guidance
+    webhook: str | None = None  # an allowed URL the worker POSTs the result to (service/webhooks.py)
     items: list[JobItem] = Field(min_length=1)
 
 
@@ -75,6 +76,10 @@ class JobResult(_Model):
     @classmethod
     def failed(cls, code: int, error: str) -> "JobResult":
         return cls(status="failed", code=code, error=error)
+
+    def public(self) -> dict:
+        """What clients see of a successful result."""
+        return self.model_dump(include=PUBLIC_FIELDS, exclude_none=True)
 
 
 PUBLIC_FIELDS = {"model", "steps", "stochastic", "guidance", "seeds", "format", "images", "batch_requests", "model_seconds", "network_evaluations"}

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .contract import PUBLIC_FIELDS, Job, JobResult
+from .contract import Job, JobResult
 from .images import MEDIA_TYPES
 from .queue import SOCKET_TIMEOUT_S, QueueFull
 from .state import State
@@ -69,7 +69,7 @@ def wanted_image_type(request: Request) -> str | None:
 
 
 def public_result(result: JobResult) -> dict:
-    return result.model_dump(include=PUBLIC_FIELDS, exclude_none=True)
+    return result.public()
 
 
 def render(result: JobResult, fmt: str | None) -> Response:

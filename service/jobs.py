@@ -32,7 +32,7 @@ def idempotent_job_id(key: str) -> str:
     return hashlib.sha256(b"fewstep-idempotency-key:" + key.encode()).hexdigest()[:32]
 
 
-def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Settings, *, deadline_s: float, images: dict | None = None, store_result: bool = False, job_id: str | None = None) -> Job:
+def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Settings, *, deadline_s: float, images: dict | None = None, store_result: bool = False, job_id: str | None = None, webhook: str | None = None) -> Job:
     """Check a parsed body against its family and turn it into a job. Raises InvalidRequest or
     ImageError (both say what is wrong).
 
@@ -82,6 +82,7 @@ def build_job(endpoint: str, body: Sampling, info: FamilyInfo, settings: Setting
         deadline=now + deadline_s,
         store_result=store_result,
         sweep=checked.sweep is not None,
+        webhook=webhook,
         items=items,
     )
 

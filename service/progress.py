@@ -34,46 +34,52 @@ def sse(event: str, data: dict, event_id: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _end(status: str, result: JobResult | None) -> str:
-    if status == "cancelled":
-        return sse("cancelled", {})
-    if result is None:
-        return sse("failed", {"error": {"status": 410, "detail": "the job's result has expired"}})
-    if status == "succeeded":
-        return sse("done", {"result": public_result(result)})
-    return sse("failed", {"error": {"status": result.code, "detail": result.error or ""}})
-
-
 async def job_events(state: State, job_id: str, request: Request) -> AsyncIterator[str]:
+    """The SSE messages of GET /v1/jobs/{id}/events."""
+    async for kind, data, event_id in updates(state, job_id, request):
+        yield sse(kind, data, event_id)
+
+
+async def updates(state: State, job_id: str, request: Request) -> AsyncIterator[tuple[str, dict, str | None]]:
+    """(event, data, stream id or None) of a job until it ends; a Redis that goes away ends it
+    with a "failed" event (the answer has started, so the error goes into the stream)."""
     try:
-        async for message in _events(state, job_id, request):
-            yield message
-    except (RedisError, OSError) as exc:  # the answer has started: the error goes in the stream
-        yield sse("failed", {"error": {"status": 503, "detail": f"the queue is unreachable ({type(exc).__name__}); the job may still finish: GET /v1/jobs/{job_id}"}})
+        async for update in _updates(state, job_id, request):
+            yield update
+    except (RedisError, OSError) as exc:
+        yield "failed", {"error": {"status": 503, "detail": f"the queue is unreachable ({type(exc).__name__}); the job may still finish: GET /v1/jobs/{job_id}"}}, None
 
 
-async def _events(state: State, job_id: str, request: Request) -> AsyncIterator[str]:
+def _end(status: str, result: JobResult | None) -> tuple[str, dict, None]:
+    if status == "cancelled":
+        return "cancelled", {}, None
+    if result is None:
+        return "failed", {"error": {"status": 410, "detail": "the job's result has expired"}}, None
+    if status == "succeeded":
+        return "done", {"result": public_result(result)}, None
+    return "failed", {"error": {"status": result.code, "detail": result.error or ""}}, None
+
+
+async def _updates(state: State, job_id: str, request: Request) -> AsyncIterator[tuple[str, dict, str | None]]:
     queue = state.queue
     after, position = "0-0", None
     while True:
         for sid, event in await queue.read_events(job_id, after, block_ms=int(POLL_S * 1000)):
             after = sid
-            kind = event.pop("type", "step")
-            yield sse(kind, event, sid)
+            yield event.pop("type", "step"), event, sid
         status = await queue.status(job_id)
         if status is None:
-            yield sse("failed", {"error": {"status": 410, "detail": "the job has expired"}})
+            yield "failed", {"error": {"status": 410, "detail": "the job has expired"}}, None
             return
         st = status["status"]
         if st == "queued":
             now = await queue.position(status["stream_id"])
             if now != position:
                 position = now
-                yield sse("queued", {"position": now})
+                yield "queued", {"position": now}, None
         elif st in ("succeeded", "failed", "cancelled"):
             for sid, event in await queue.read_events(job_id, after):  # what came in since the last read
-                kind = event.pop("type", "step")
-                yield sse(kind, event, sid)
+                yield event.pop("type", "step"), event, sid
             yield _end(st, await queue.result(job_id) if st != "cancelled" else None)
             return
         if await request.is_disconnected():

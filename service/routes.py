@@ -16,6 +16,7 @@ from .handling import enqueue, public_result, render, run_job, wanted_image_type
 from .images import b64decode
 from .jobs import build_job, idempotent_job_id
 from .png_info import read_settings
+from .webhooks import check_webhook
 from .schemas import (
     BODIES,
     GenerateBody,
@@ -79,7 +80,8 @@ async def create_job(body: JobBody, request: Request, state: StateDep) -> JSONRe
     except ValidationError as exc:
         errors = [{"loc": ["body", "request", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_context=False)]
         return JSONResponse({"detail": errors}, status_code=422)
-    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True, job_id=job_id)
+    webhook = check_webhook(body.webhook, state.settings) if body.webhook is not None else None
+    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True, job_id=job_id, webhook=webhook)
     request.state.steps = job.steps
     sid = await enqueue(state, job)
     position = await state.queue.position(sid)

@@ -69,6 +69,7 @@ class JobBody(BaseModel):
 
     endpoint: Endpoint
     request: dict = Field(description="the body the endpoint takes")
+    webhook: str | None = Field(default=None, max_length=2048, description="URL the result is POSTed to when the job ends (a host the service allows; signed)")
 
 
 class OpenAIGenerationBody(BaseModel):
@@ -82,6 +83,8 @@ class OpenAIGenerationBody(BaseModel):
     size: str | None = None
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Format | None = None
+    stream: bool = False  # OpenAI's image event stream, with partial_images previews
+    partial_images: int | None = Field(default=None, ge=0, le=3)
     # fewstep's own (pass them with extra_body)
     guidance: float | None = None
     steps: int | None = None

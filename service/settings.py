@@ -44,13 +44,20 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=2048, ge=16)
     max_prompt_chars: int = Field(default=500, ge=1)
 
+    # job webhooks (service/webhooks.py): none unless both are set
+    webhook_hosts: str = ""  # comma-separated hosts (or host:port) a webhook may call
+    webhook_secret: SecretStr | None = None  # the HMAC key that signs deliveries
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=1.0, ge=0)  # before the second try; doubles after each
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     log_level: str = "info"
 
     # fault injection, for tests and soak runs only
     test_batch_delay_s: float = Field(default=0.0, ge=0)  # every batch takes this much longer (a slow worker)
     test_crash_prompt: str | None = None  # a worker that draws this prompt exits at once (a request that kills its worker)
 
-    @field_validator("api_key", "redis_url", "models_dir", "fixed_batch", "torch_threads", mode="before")
+    @field_validator("api_key", "webhook_secret", "redis_url", "models_dir", "fixed_batch", "torch_threads", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         """An empty variable (as compose passes `${VAR:-}`) means unset, never an empty key."""

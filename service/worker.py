@@ -16,7 +16,7 @@ import uuid
 
 from redis.exceptions import RedisError, ResponseError
 
-from . import metrics
+from . import metrics, webhooks
 from .batching import batch_key, plan_batches
 from .contract import JobResult
 from .queue import Entry, RedisQueue, connect
@@ -40,6 +40,7 @@ class Worker:
         self._pending: list[Entry] = []  # gathered, not yet finished: resumed after a Redis error
         self._batch_started: float | None = None  # monotonic start of the batch now running
         self._batch_ids: set[str] = set()  # its stream ids
+        self._tasks: set[asyncio.Task] = set()  # webhook deliveries under way
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Any Redis error (and any other failure outside a batch) makes
@@ -176,7 +177,16 @@ class Worker:
                 await events.close()  # every step event is written before the job's finish
             done += list(zip(run, results))
         if done:
-            await self._finish_surely(done)
+            won = await self._finish_surely(done)
+            for (entry, result), first in zip(done, won):
+                if first and entry.job.webhook:
+                    self._spawn(webhooks.deliver(entry.job.webhook, webhooks.payload(entry.job.id, result), self.settings))
+
+    def _spawn(self, coro) -> None:
+        """A background task (a webhook delivery) kept referenced until it ends."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _finish_surely(self, done: list, dead_letter: str | None = None) -> list[bool]:
         """Record results computed at a cost; a Redis that is away (a restart) is waited for, so

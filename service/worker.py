@@ -213,7 +213,7 @@ class Worker:
             os._exit(70)
         if s.test_batch_delay_s:
             time.sleep(s.test_batch_delay_s)
-        results = self.runner.run(jobs, on_event) if on_event is not None else self.runner.run(jobs)
+        results = self.runner.run(jobs, on_event)
         metrics.JOBS_EXECUTED.inc(len(jobs))
         log.debug("worker %s ran %s", self.name, " ".join(j.id for j in jobs))
         return results

@@ -53,7 +53,7 @@ class FakeRunner:
     def __init__(self):
         self.ran = []
 
-    def run(self, jobs):
+    def run(self, jobs, on_event=None):
         self.ran += [j.id for j in jobs]
         return [JobResult(status="succeeded", model=j.model, steps=j.steps, images=["img"]) for j in jobs]
 

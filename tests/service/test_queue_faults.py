@@ -41,7 +41,7 @@ class FakeRunner:
     def ran(self) -> list[str]:
         return [j for b in self.batches for j in b]
 
-    def run(self, jobs):
+    def run(self, jobs, on_event=None):
         with self.lock:
             self.batches.append([j.id for j in jobs])
         if self.during:

@@ -11,6 +11,7 @@ from model.text_encoder import TEXT_DIM, TextEncoder
 from .data import Batch
 
 CAPTION_CACHE = 16384  # distinct captions kept encoded (384 x text_len floats each)
+ENCODE_ROWS = 64
 
 
 class Preparer:
@@ -21,7 +22,10 @@ class Preparer:
         self.p_inpaint = p_inpaint if dataset.has_inpainting else 0.0
         # the encoder and its cache live on the training device: a step's captions are cached
         # embeddings gathered there, not encoded on the CPU and copied
-        self.text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True) if dataset.has_text else None
+        # misses are encoded in chunks of exactly ENCODE_ROWS (padded), so a caption's embedding
+        # does not depend on which captions missed the cache with it: a resumed run, whose cache
+        # starts cold, sees the same embeddings as an uninterrupted one
+        self.text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True, fixed_batch=ENCODE_ROWS) if dataset.has_text else None
 
     @property
     def is_image(self) -> bool:

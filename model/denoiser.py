@@ -74,11 +74,12 @@ class Denoiser(nn.Module):
         return list(branch.parameters()) if branch is not None else []
 
 
-def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int, pathway: str = "embedding", scale: float = 1.0, extrapolate: tuple[str, ...] = ()) -> Denoiser:
+def gamma_student_from_teacher(teacher: Denoiser, gamma_embed_dim: int, pathway: str = "embedding", scale: float = 1.0, extrapolate: tuple[str, ...] = (), **network) -> Denoiser:
     """Stage-1 initialisation: the teacher's weights plus a gamma branch whose output starts at
     zero (and, with `extrapolate`, conditions pushed from the null one by gamma), so that the
-    fresh student equals the teacher's conditional model exactly at gamma = 0."""
-    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim, gamma_pathway=pathway, gamma_scale=scale, gamma_extrapolate=tuple(extrapolate))
+    fresh student equals the teacher's conditional model exactly at gamma = 0. `network` fields
+    override the teacher's (an imported teacher's students may read their output otherwise)."""
+    network = dict(teacher.network_config, gamma_embed_dim=gamma_embed_dim, gamma_pathway=pathway, gamma_scale=scale, gamma_extrapolate=tuple(extrapolate), **network)
     student = Denoiser(network)
     branch = {id(p) for p in student.gamma_parameters()}
     names = {name for name, p in student.named_parameters() if id(p) in branch}

@@ -126,9 +126,11 @@ class GammaTimestepEmbedding(nn.Module):
         super().__init__()
         self.linear_1, self.act, self.linear_2 = time_embedding.linear_1, time_embedding.act, time_embedding.linear_2
         self.gamma_mlp = _gamma_mlp(gamma_dim, self.linear_2.out_features)
+        self.pending: torch.Tensor | None = None  # gamma's features, for U-Nets that pass no `condition` (UNet2DModel)
 
     def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.linear_2(self.act(self.linear_1(sample)))
+        condition = condition if condition is not None else self.pending
         if condition is not None:
             emb = emb + self.gamma_mlp(condition)
         return emb
@@ -267,3 +269,7 @@ class MLPBackbone(nn.Module):
 
 
 NETWORKS = {"unet": (UNetConfig, UNetBackbone), "mlp": (MLPConfig, MLPBackbone)}
+
+from .diffusers_backbone import DiffusersBackbone, DiffusersConfig  # noqa: E402  (it uses the classes above)
+
+NETWORKS["diffusers"] = (DiffusersConfig, DiffusersBackbone)

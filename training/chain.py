@@ -52,14 +52,15 @@ def resolve_network(recipe: Recipe, dataset, preparer: Preparer) -> dict:
 
 
 def family_info(recipe: Recipe, dataset, checkpoints: dict) -> FamilyInfo:
+    imported = recipe.teacher_dir is not None  # an imported teacher takes class labels only
     return FamilyInfo(
         family=recipe.name,
         resolution=dataset.resolution,
         channels=dataset.channels,
         class_names=list(dataset.class_names) if dataset.num_classes else [],
-        text_encoder=ENCODER_NAME if dataset.has_text else None,
+        text_encoder=ENCODER_NAME if dataset.has_text and not imported else None,
         text_len=TEXT_LEN,
-        inpainting=bool(dataset.has_inpainting and dataset.resolution),
+        inpainting=bool(dataset.has_inpainting and dataset.resolution and not imported),
         guidance_range=tuple(recipe.guidance_range),
         autoencoder=to_dict(recipe.autoencoder),
         checkpoints=checkpoints,
@@ -73,10 +74,11 @@ class Chain:
         self.dataset = build_dataset(recipe.data)
         self.autoencoder = build_autoencoder(recipe.autoencoder).to(env.device).eval()
         self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob)
-        self.network = resolve_network(recipe, self.dataset, self.preparer)
+        self.imported = self._import_teacher() if recipe.teacher_dir else None
+        self.network = self.imported.denoiser.network_config if self.imported else resolve_network(recipe, self.dataset, self.preparer)
         self.checkpoints: dict[str, dict] = {}
         self.clip = family_info(recipe, self.dataset, {}).clip_x  # pixel space: x_hat clipped to [-1, 1]
-        both = self.dataset.num_classes and self.dataset.has_text
+        both = self.dataset.num_classes and self.dataset.has_text and not self.imported
         self.p_drop_distill = recipe.p_drop_each if both else 0.0
         self.precision = wrapper(recipe.mixed_precision)
         self._prefetch: Prefetcher | None = None
@@ -85,6 +87,19 @@ class Chain:
             size = getattr(recipe, stage).batch_size
             if size % env.world:
                 raise ConfigError(f"{stage}.batch_size {size} is the global batch and must divide by the {env.world} processes")
+
+    def _import_teacher(self):
+        """The recipe's diffusers teacher, checked against the data it is distilled on."""
+        from .teachers import TeacherError, import_teacher
+
+        r, ds = self.recipe, self.dataset
+        imported = import_teacher(Path(r.teacher_dir), r.teacher_null_class)
+        if r.autoencoder.kind != "identity" or ds.resolution != imported.resolution or ds.channels != imported.channels:
+            raise TeacherError(f"--teacher {r.teacher_dir}: it draws {imported.resolution}x{imported.resolution}x{imported.channels} pixels, "
+                               f"the recipe's data is {ds.resolution}x{ds.resolution}x{ds.channels} (autoencoder {r.autoencoder.kind})")
+        if ds.num_classes != imported.num_classes:
+            raise TeacherError(f"--teacher {r.teacher_dir}: it knows {imported.num_classes} classes besides its null class, the data has {ds.num_classes}")
+        return imported
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """A teacher as the losses call it: under the recipe's mixed precision."""
@@ -153,14 +168,18 @@ class Chain:
             return teacher_loss(model, p.x(batch), cond, weighting=r.weighting, g=g)
 
         torch.manual_seed(r.seed)  # the initial weights, identical on every rank and every rerun
-        teacher = self._stage("teacher", "teacher", None, Denoiser(self.network), teacher_step, r.teacher, 1, None)
+        teacher = self._imported_stage() if self.imported else self._stage("teacher", "teacher", None, Denoiser(self.network), teacher_step, r.teacher, 1, None)
 
         def stage1_step(model, g):
             batch = self._batch(r.stage1.batch_size, g)
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
             return stage1_loss(model, self.frozen(teacher), p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
-        student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
+        if self.imported:  # its students take gamma through the embedding pathway (model/diffusers_backbone.py)
+            output = {} if r.student_prediction == "teacher" else {"prediction_type": r.student_prediction}
+            student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, "embedding", r.gamma_scale, (), **output)
+        else:
+            student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
         prev = self._stage("stage1", "stage1", r.distill_start_steps, student, stage1_step, r.stage1, 2, "teacher")
         self.report_response("stage1", prev, teacher)
         prev_name = "stage1"
@@ -173,6 +192,16 @@ class Chain:
         for k, n in enumerate(r.stochastic_steps):
             # teacher: the N-step deterministic student; start: the N/2-step student (it already takes 2/N steps)
             self._distill(f"stochastic-{n}", "stochastic", n, distilled[n], copy.deepcopy(distilled[n // 2]), r.stochastic, 50 + k, f"distilled-{n}", stochastic=True)
+
+    def _imported_stage(self) -> torch.nn.Module:
+        """The imported teacher, saved as the family's teacher checkpoint (so evaluation, export
+        and the service find it like any teacher)."""
+        teacher = self.imported.denoiser.to(self.env.device)
+        if self.env.is_main and not (self.out / "teacher" / "config.json").exists():
+            save_checkpoint(self.out / "teacher", teacher, role="teacher", steps=None, guidance_range=None, extra={"imported_from": str(self.imported.unet_dir), "recipe": to_dict(self.recipe)})
+        self.env.barrier()
+        self._record("teacher", "teacher", None)
+        return teacher
 
     def report_response(self, name: str, student, teacher, steps: int | None = None) -> None:
         """Print the student's gamma response (training/response.py) on a fixed batch."""

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, type=Path, help="output directory (the model family)")
     run.add_argument("--resume", action="store_true", help="continue a run in --out where it stopped")
     run.add_argument("--data-dir", type=Path, help="train on an imagefolder (images + metadata.jsonl) instead of the recipe's data")
+    run.add_argument("--teacher", type=Path, help="distil this diffusers pipeline or U-Net folder instead of training a teacher")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. --set teacher.steps=100 (repeatable)")
     run.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     run.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
@@ -62,6 +63,8 @@ def resolve_recipe(args) -> Recipe:
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides += ["data.kind=imagefolder", f"data.root={args.data_dir.resolve()}"]
+    if args.teacher is not None:
+        overrides.append(f"teacher_dir={args.teacher.resolve()}")
     return apply_overrides(recipe, overrides) if overrides else recipe
 
 

@@ -91,6 +91,9 @@ class Recipe:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     mixed_precision: str = "no"  # "bf16": autocast around the networks only; targets and losses stay fp32 (training/precision.py)
     gradient_checkpointing: bool = False  # recompute U-Net activations in the backward pass (less memory)
+    teacher_dir: str | None = None  # a diffusers folder to distil instead of training a teacher (training/teachers.py)
+    teacher_null_class: int | None = None  # its class id of the unconditional branch, when its config does not say
+    student_prediction: str = "v_prediction"  # how an imported teacher's students read their output ("teacher": as it does)
     seed: int = 0
 
     def __post_init__(self):
@@ -114,6 +117,8 @@ class Recipe:
         if self.autoencoder.kind == "kl":
             raise ConfigError("autoencoder.kind 'kl': fewstep does not train an autoencoder yet, and a random one would make the "
                               "latents meaningless; train in pixel space (autoencoder.kind 'identity')")
+        if self.student_prediction not in ("teacher", "epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"student_prediction must be 'teacher', 'epsilon', 'v_prediction' or 'sample', got {self.student_prediction!r}")
         if self.weighting not in ("snr+1", "truncated-snr"):
             raise ConfigError(f"weighting must be 'snr+1' or 'truncated-snr', got {self.weighting!r}")
 

@@ -255,7 +255,7 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         if "edits" not in progress:
             progress.put("edits", finite(_edits(family, dataset, sets[0], mode, min(256, samples))))
         metrics["edits"] = progress.get("edits")
-    if mode == "class" and dataset.has_text and hasattr(dataset, "held_out_combos"):
+    if mode == "class" and dataset.has_text and family.info.text_encoder and hasattr(dataset, "held_out_combos"):
         if "text_adherence" not in progress:
             progress.put("text_adherence", finite(_text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape)))
         metrics["text_adherence"] = progress.get("text_adherence")

@@ -180,6 +180,19 @@ def test_the_playground_draws_steers_inpaints_and_shows_errors(keyed_service, br
     sweep = top_card(d)
     assert len(sweep["images"]) == 5 and sweep["facts"]["guidance"] == "0, 1, 2, 3, 4"
     assert len({decode(src).tobytes() for src in sweep["images"]}) == 5
+
+    # a PNG dropped on the page brings back its settings
+    d.execute_script("document.getElementById('seed').value = 7; document.getElementById('prompt').value = 'something else';"
+                     "const g = document.getElementById('guidance'); g.value = 2.5; document.getElementById('live').checked = false;")
+    d.execute_script(
+        """const bytes = Uint8Array.from(atob(arguments[0].split(',')[1]), c => c.charCodeAt(0));
+        const dt = new DataTransfer(); dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+        document.getElementById('settings-drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));""",
+        first["images"][0],
+    )
+    wait_for(d, "document.getElementById('seed').value === String(arguments_seed)".replace("arguments_seed", first["facts"]["seed"]), what="the dropped PNG's settings")
+    assert d.execute_script("return document.getElementById('prompt').value") == "a yellow circle on a black background"
+    assert float(d.execute_script("return document.getElementById('guidance').value")) == float(first["facts"]["guidance"])
     if os.environ.get("FEWSTEP_SCREENSHOT"):
         d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(os.environ["FEWSTEP_SCREENSHOT"])

@@ -5,8 +5,9 @@ the GPU-fed pipeline, measured in one run.
 
 "before": the step renders its batch, encodes its captions through the CPU-side cache and
 copies them, and draws t and noise on the CPU (the pipeline before the change).
-"after": the batch is drawn ahead by the prefetch thread (data.prefetch = 2), the captions are
-gathered from the cache on the training device, and t and noise are drawn there.
+"after": the batch is drawn ahead by the prefetch thread (data.prefetch = 2), which also encodes
+its captions into the cache on the training device, so the step only gathers them; t and noise
+are drawn on the device.
 
 Between steps the network's work is stood in for by `--step-ms` of idle time (a GPU step runs
 asynchronously, so the CPU is free meanwhile): that is when the prefetch thread renders. Reported
@@ -52,7 +53,7 @@ def _before(dataset, preparer, batch: int, steps: int, step_s: float) -> list[tu
 
 
 def _after(dataset, preparer, batch: int, steps: int, step_s: float) -> list[tuple[float, float, float]]:
-    prefetch = Prefetcher(dataset, batch, 0, 2, 0, depth=2)
+    prefetch = Prefetcher(dataset, batch, 0, 2, 0, depth=2, warm=preparer.warm)
     out = []
     try:
         for k in range(steps):

@@ -124,7 +124,7 @@ class Chain:
             enable_gradient_checkpointing(model)
         state_dir = self.out / ".state" / name
         depth = self.recipe.data.prefetch
-        self._prefetch = Prefetcher(self.dataset, cfg.batch_size // self.env.world, self.recipe.seed, stage_id, self.env.rank, depth) if depth else None
+        self._prefetch = Prefetcher(self.dataset, cfg.batch_size // self.env.world, self.recipe.seed, stage_id, self.env.rank, depth, warm=self.preparer.warm) if depth else None
 
         def step_loss(m, step):
             self._step = step

@@ -24,14 +24,21 @@ def batch_seed(g: torch.Generator) -> int:
 class Prefetcher:
     """Batches of `size` for steps k, k+1, ... of one stage, `depth` steps ahead."""
 
-    def __init__(self, dataset, size: int, seed: int, stage_id: int, rank: int, depth: int):
+    def __init__(self, dataset, size: int, seed: int, stage_id: int, rank: int, depth: int, warm=None):
+        """`warm(batch)`, when given, runs in the thread after each draw: the caption encoder, so
+        that the training step finds the batch's embeddings cached (their bits do not depend on
+        where they were encoded: model/text_encoder.py, fixed_batch)."""
         self.dataset, self.size, self.seed, self.stage_id, self.rank, self.depth = dataset, size, seed, stage_id, rank, depth
+        self.warm = warm
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewstep-prefetch")
         self.futures: dict[int, Future] = {}
 
     def _draw(self, step: int):
         data_seed = batch_seed(step_generator(self.seed, self.stage_id, step, self.rank))
-        return data_seed, self.dataset.batch(self.size, (data_seed, self.rank))
+        batch = self.dataset.batch(self.size, (data_seed, self.rank))
+        if self.warm is not None:
+            self.warm(batch)
+        return data_seed, batch
 
     def get(self, step: int, data_seed: int):
         """Step `step`'s batch (its seed must be `data_seed`); the next `depth` are queued."""

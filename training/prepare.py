@@ -27,6 +27,11 @@ class Preparer:
         # starts cold, sees the same embeddings as an uninterrupted one
         self.text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True, fixed_batch=ENCODE_ROWS) if dataset.has_text else None
 
+    def warm(self, batch: Batch) -> None:
+        """Encode the batch's captions into the cache ahead of its step (the prefetch thread)."""
+        if self.text_encoder is not None and batch.captions is not None:
+            self.text_encoder(batch.captions)
+
     @property
     def is_image(self) -> bool:
         return self.dataset.resolution is not None

@@ -81,6 +81,10 @@ class JobResult(_Model):
         """What clients see of a successful result."""
         return self.model_dump(include=PUBLIC_FIELDS, exclude_none=True)
 
+    def public_error(self) -> dict:
+        """What clients see of a failed one: its HTTP status and message."""
+        return {"status": self.code, "detail": self.error or ""}
+
 
 PUBLIC_FIELDS = {"model", "steps", "stochastic", "guidance", "seeds", "format", "images", "batch_requests", "model_seconds", "network_evaluations"}
 

@@ -15,7 +15,6 @@ before it finishes the job. Each SSE message's `id` is the event's stream id.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import AsyncIterator
 
@@ -57,16 +56,16 @@ def _end(status: str, result: JobResult | None) -> tuple[str, dict, None]:
         return "failed", {"error": {"status": 410, "detail": "the job's result has expired"}}, None
     if status == "succeeded":
         return "done", {"result": public_result(result)}, None
-    return "failed", {"error": {"status": result.code, "detail": result.error or ""}}, None
+    return "failed", {"error": result.public_error()}, None
 
 
 async def _updates(state: State, job_id: str, request: Request) -> AsyncIterator[tuple[str, dict, str | None]]:
     queue = state.queue
-    after, position = "0-0", None
+    position = None
+    events = _worker_events(queue, job_id)
     while True:
-        for sid, event in await queue.read_events(job_id, after, block_ms=int(POLL_S * 1000)):
-            after = sid
-            yield event.pop("type", "step"), event, sid
+        async for update in events(block_ms=int(POLL_S * 1000)):
+            yield update
         status = await queue.status(job_id)
         if status is None:
             yield "failed", {"error": {"status": 410, "detail": "the job has expired"}}, None
@@ -78,10 +77,22 @@ async def _updates(state: State, job_id: str, request: Request) -> AsyncIterator
                 position = now
                 yield "queued", {"position": now}, None
         elif st in ("succeeded", "failed", "cancelled"):
-            for sid, event in await queue.read_events(job_id, after):  # what came in since the last read
-                yield event.pop("type", "step"), event, sid
+            async for update in events(block_ms=None):  # what came in since the last read
+                yield update
             yield _end(st, await queue.result(job_id) if st != "cancelled" else None)
             return
         if await request.is_disconnected():
             return
-        await asyncio.sleep(0)
+
+
+def _worker_events(queue, job_id: str):
+    """A reader of the job's event stream that remembers where it stopped."""
+    after = "0-0"
+
+    async def read(block_ms: int | None) -> AsyncIterator[tuple[str, dict, str]]:
+        nonlocal after
+        for sid, event in await queue.read_events(job_id, after, block_ms=block_ms):
+            after = sid
+            yield event.pop("type", "step"), event, sid
+
+    return read

@@ -105,7 +105,7 @@ async def get_job(job_id: str, state: StateDep) -> dict:
         elif status["status"] == "succeeded":
             out["result"] = public_result(result)
         else:
-            out["error"] = {"status": result.code, "detail": result.error or ""}
+            out["error"] = result.public_error()
     return out
 
 

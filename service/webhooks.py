@@ -58,7 +58,7 @@ def payload(job_id: str, result: JobResult) -> dict:
     """What GET /v1/jobs/{id} answers for a finished job."""
     if result.status == "succeeded":
         return {"id": job_id, "status": "succeeded", "result": result.public()}
-    return {"id": job_id, "status": "failed", "error": {"status": result.code, "detail": result.error or ""}}
+    return {"id": job_id, "status": "failed", "error": result.public_error()}
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:

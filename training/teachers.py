@@ -100,7 +100,7 @@ def import_teacher(directory: Path, null_class: int | None = None) -> ImportedTe
     except ConfigError as exc:
         raise TeacherError(f"--teacher {directory}: {exc}") from None
     classes = unet_cfg.get("num_class_embeds")
-    if unet_cfg.get("class_embed_type") not in (None,) and not classes:
+    if unet_cfg.get("class_embed_type") is not None and not classes:
         raise TeacherError(f"--teacher {directory}: class_embed_type {unet_cfg.get('class_embed_type')!r} is not supported; fewstep reads num_class_embeds")
     null = null_class if null_class is not None else unet_cfg.get("null_class")
     if classes and null is None:
@@ -118,6 +118,8 @@ def import_teacher(directory: Path, null_class: int | None = None) -> ImportedTe
         "channels": int(unet_cfg.get("in_channels", 3)),
         "resolution": int(unet_cfg.get("sample_size", 0)) or None,
     }
+    if network["channels"] != 3:
+        raise TeacherError(f"--teacher {directory}: the U-Net takes {network['channels']} channels; a pixel-space teacher takes 3 (a latent one needs its vae/, not supported yet)")
     try:
         teacher = Denoiser(network)
     except ConfigError as exc:
@@ -128,8 +130,6 @@ def import_teacher(directory: Path, null_class: int | None = None) -> ImportedTe
     missing, unexpected = teacher.backbone.unet.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise TeacherError(f"--teacher {directory}: the weights do not fit the U-Net config (missing {len(missing)}, unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[:3]})")
-    if network["channels"] != 3:
-        raise TeacherError(f"--teacher {directory}: the U-Net takes {network['channels']} channels; a pixel-space teacher takes 3 (a latent one needs its vae/, not supported yet)")
     return ImportedTeacher(
         denoiser=teacher.eval().requires_grad_(False),
         unet_dir=unet_dir,

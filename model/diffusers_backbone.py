@@ -11,7 +11,11 @@ zero-initialised MLP added to the time embedding (model/networks.py, "embedding"
 fresh student is its teacher.
 
 Class-conditional teachers need a null class (the unconditional branch of guidance); fewstep's
-class k is the teacher's k-th non-null class id.
+class k is the teacher's k-th non-null class id. Text teachers (cross-attention, Stable
+Diffusion style) take the token states of their own CLIP text encoder
+(model/clip_text_encoder.py) without an attention mask, as diffusers' pipelines call them; a
+null prompt (an all-False mask) is replaced by `null_text`, the teacher's encoding of the empty
+prompt, computed when the teacher is imported and saved with every checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class DiffusersConfig:
     channels: int = 3  # of z (the U-Net's in/out channels)
     resolution: int | None = None  # of z (the U-Net's sample_size)
     context_channels: int = 0  # no inpainting context for imported teachers
+    text_dim: int = 0  # text teachers: the width of the text encoder's token states (cross_attention_dim)
+    text_len: int = 0  # and their length (the tokenizer's model_max_length)
     gamma_embed_dim: int = 0
     gamma_pathway: str = "embedding"
     gamma_scale: float = 1.0
@@ -54,6 +60,8 @@ class DiffusersConfig:
             raise ConfigError("diffusers: students of imported teachers take gamma through the 'embedding' pathway")
         if self.gamma_extrapolate:
             raise ConfigError("diffusers: gamma_extrapolate is not available for imported teachers")
+        if bool(self.text_dim) != bool(self.text_len):
+            raise ConfigError("diffusers: text_dim and text_len are given together (a text teacher) or not at all")
         classes = self.unet.get("num_class_embeds")
         if classes and (self.null_class is None or not 0 <= self.null_class < classes):
             raise ConfigError(f"diffusers: a class-conditional teacher needs its null class id in [0, {classes}) (the unconditional branch of guidance), got {self.null_class!r}")
@@ -83,6 +91,8 @@ class DiffusersBackbone(nn.Module):
         if cfg.gamma_embed_dim:
             self.unet.time_embedding = GammaTimestepEmbedding(self.unet.time_embedding, cfg.gamma_embed_dim)
         ids = [c for c in range(cfg.unet.get("num_class_embeds") or 0) if c != cfg.null_class]
+        if cfg.text_dim:
+            self.register_buffer("null_text", torch.zeros(1, cfg.text_len, cfg.text_dim))
         self.register_buffer("class_ids", torch.tensor(ids + [cfg.null_class if cfg.null_class is not None else 0], dtype=torch.long), persistent=False)
 
     def _class_ids(self, cond: Cond, batch: int, device) -> torch.Tensor | None:
@@ -92,12 +102,22 @@ class DiffusersBackbone(nn.Module):
         index = torch.where(labels.to(device) == NULL_LABEL, torch.full_like(labels, self.cfg.num_classes), labels)
         return self.class_ids.to(device)[index.long()]
 
+    def _text(self, cond: Cond, z: torch.Tensor) -> torch.Tensor | None:
+        """Token states for cross-attention: the prompt's, or the empty prompt's for a null row."""
+        if not self.cfg.text_dim:
+            return None
+        null = self.null_text.to(z.dtype).expand(z.shape[0], -1, -1)
+        if cond.text is None:
+            return null
+        keep = cond.text_mask.to(z.device).any(dim=1)
+        return torch.where(keep[:, None, None], cond.text.to(z.device, z.dtype), null)
+
     def forward(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma_features: torch.Tensor | None = None, gamma: torch.Tensor | None = None) -> torch.Tensor:
         tau = ds.timestep(self._schedule, t)
         alpha, sigma = ds.signal_scales(self._schedule, tau)
         kwargs = {"class_labels": self._class_ids(cond, z.shape[0], z.device)}
         if self.cfg.unet_class == "UNet2DConditionModel":
-            kwargs["encoder_hidden_states"] = None
+            kwargs["encoder_hidden_states"] = self._text(cond, z)
             kwargs["timestep_cond"] = None if gamma_features is None else gamma_features.to(z.dtype)
         elif gamma_features is not None:  # UNet2DModel passes no condition to its time embedding
             self.unet.time_embedding.pending = gamma_features.to(z.dtype)

@@ -15,7 +15,15 @@ Denoise = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 
 def guided(teacher: Denoiser, gamma) -> Denoise:
     """Classifier-free guidance (Ho & Salimans 2022) in x-space, one batched 2B pass per call:
-    x_hat^gamma = (1 + gamma) x_hat(z, c) - gamma x_hat(z, null)."""
+    x_hat^gamma = (1 + gamma) x_hat(z, c) - gamma x_hat(z, null). A plain gamma of 0 is the
+    conditional prediction alone, computed in one B pass."""
+    if isinstance(gamma, (int, float)) and gamma == 0:
+
+        def conditional(z: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+            t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
+            return teacher(z, t.expand(z.shape[0]) if t.ndim == 0 else t, cond)
+
+        return conditional
 
     def denoise(z: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device)

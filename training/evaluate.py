@@ -160,10 +160,8 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     if samples < 2 or repeats < 1:
         raise CheckpointError("evaluate: --samples must be >= 2 and --repeats >= 1")
     dataset = build_dataset(recipe.data)
-    preparer = Preparer(dataset, family.autoencoder, family.info.text_len, device, 0.0)
-    mode = "class" if dataset.num_classes else ("text" if hasattr(dataset, "captions_for") else "free-text")
-    if dataset.resolution is None:
-        mode = "class"
+    preparer = Preparer.for_family(dataset, family, device)
+    mode = evaluation_mode(family, dataset)
     evaluator = load_or_train_evaluator(directory, dataset, e.evaluator_steps, preparer.text_encoder if mode == "free-text" else None)
     sets = [EvalSet(dataset, preparer, samples, r, mode) for r in range(repeats)]
     shape = _z_shape(family)
@@ -311,10 +309,18 @@ def responses(directory: Path, device: str | None = None) -> dict:
         raise CheckpointError(f"{directory} is not a fewstep run directory (no recipe.json)")
     family = Family(directory, device=torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     dataset = build_dataset(recipe.data)
-    preparer = Preparer(dataset, family.autoencoder, family.info.text_len, family.device, 0.0)
-    mode = "class" if dataset.num_classes else ("text" if hasattr(dataset, "captions_for") else "free-text")
+    preparer = Preparer.for_family(dataset, family, family.device)
+    mode = evaluation_mode(family, dataset)
     with torch.no_grad():
         return _responses(family, recipe, EvalSet(dataset, preparer, 256, 0, mode), preparer)
+
+
+def evaluation_mode(family: Family, dataset) -> str:
+    """How the family is asked: by class when it takes classes, else by short prompts naming the
+    attributes (data that can write them), else by the data's own captions."""
+    if family.info.class_names or dataset.resolution is None:
+        return "class"
+    return "text" if hasattr(dataset, "captions_for") else "free-text"
 
 
 def _responses(family: Family, recipe: Recipe, ev: EvalSet, preparer: Preparer) -> dict:

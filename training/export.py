@@ -2,7 +2,8 @@
 
 Keeps the teacher, the stage-1 student, the deterministic students of at most `max_steps`
 steps and every stochastic student (the intermediate rounds are only teachers of teachers),
-plus recipe.json, the evaluator and metrics.json when present. No training state is copied.
+plus recipe.json, the evaluator and metrics.json when present, and what an imported teacher
+brought: its autoencoder (in `dtype`), text encoder and tokenizer. No training state is copied.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from model.manifest import read_family, write_family
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8, name: str | None = None) -> Path:
+def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8, name: str | None = None, diffusers: bool = True, note=print) -> Path:
     """`name`: the family's name in the copy (default: the recipe's), as the service and its
-    requests' `model` field know it."""
+    requests' `model` field know it. `diffusers`: also write each student's U-Net in the
+    diffusers layout under DEST/diffusers/ (training/diffusers_export.py); `note` hears which
+    students could not be."""
     src, dest = Path(src), Path(dest)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
@@ -43,7 +46,27 @@ def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: i
         for extra in ("recipe.json", "metrics.json"):
             if (src / extra).is_file():
                 shutil.copy2(src / extra, tmp / extra)
-        if (src / "evaluator").is_dir():
-            shutil.copytree(src / "evaluator", tmp / "evaluator")
+        if (src / "autoencoder").is_dir():
+            tensors, config = load_tensors(src / "autoencoder", f"autoencoder of {src}")
+            save_tensors(tmp / "autoencoder", tensors, config, DTYPES[dtype])
+        for part in ("evaluator", "text_encoder", "tokenizer"):
+            if (src / part).is_dir():
+                shutil.copytree(src / part, tmp / part)
+        if diffusers:
+            _diffusers_students(tmp, keep, info.guidance_range, DTYPES[dtype], note)
         write_family(tmp, replace(info, checkpoints=keep))
     return dest
+
+
+def _diffusers_students(family: Path, keep: dict, guidance_range, dtype: torch.dtype, note) -> None:
+    from model.checkpoint import load_checkpoint
+
+    from .diffusers_export import write_diffusers_unet
+
+    for name, c in keep.items():
+        if c["role"] == "teacher":
+            continue
+        student, _ = load_checkpoint(family / name, "cpu")
+        why = write_diffusers_unet(student, family / "diffusers" / name, steps=c["steps"], guidance_range=guidance_range, dtype=dtype)
+        if why is not None:
+            note(f"{name}: not written in the diffusers layout: {why}")

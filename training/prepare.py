@@ -6,7 +6,7 @@ import torch
 
 from model.autoencoder import encode_inpaint_context
 from model.conditioning import Cond, full_mask_context
-from model.text_encoder import TEXT_DIM, TextEncoder
+from model.text_encoder import TextEncoder
 
 from .data import Batch
 
@@ -15,7 +15,9 @@ ENCODE_ROWS = 64
 
 
 class Preparer:
-    def __init__(self, dataset, autoencoder, text_len: int, device, p_inpaint: float):
+    def __init__(self, dataset, autoencoder, text_len: int, device, p_inpaint: float, text_encoder="builtin"):
+        """`text_encoder`: "builtin" (all-MiniLM-L6-v2 when the data has captions), None, or an
+        encoder (an imported teacher's CLIP, model/clip_text_encoder.py)."""
         self.dataset = dataset
         self.autoencoder = autoencoder
         self.device = device
@@ -25,7 +27,9 @@ class Preparer:
         # misses are encoded in chunks of exactly ENCODE_ROWS (padded), so a caption's embedding
         # does not depend on which captions missed the cache with it: a resumed run, whose cache
         # starts cold, sees the same embeddings as an uninterrupted one
-        self.text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True, fixed_batch=ENCODE_ROWS) if dataset.has_text else None
+        if text_encoder == "builtin":
+            text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True, fixed_batch=ENCODE_ROWS) if dataset.has_text else None
+        self.text_encoder = text_encoder
 
     def warm(self, batch: Batch) -> None:
         """Encode the batch's captions into the cache ahead of its step (the prefetch thread)."""
@@ -75,4 +79,14 @@ class Preparer:
 
     @property
     def text_dim(self) -> int:
-        return TEXT_DIM if self.text_encoder is not None else 0
+        return self.text_encoder.dim if self.text_encoder is not None else 0
+
+    @classmethod
+    def for_family(cls, dataset, family, device, p_inpaint: float = 0.0) -> "Preparer":
+        """A preparer with the family's own text encoder (evaluation and reports)."""
+        encoder = None
+        if family.info.text_encoder:
+            from model.text_encoder import build_text_encoder
+
+            encoder = build_text_encoder(family.info.text_encoder, family.directory, max_length=family.info.text_len, cache_size=CAPTION_CACHE, device=device, on_device=True, fixed_batch=ENCODE_ROWS)
+        return cls(dataset, family.autoencoder, family.info.text_len, device, p_inpaint, text_encoder=encoder)

@@ -24,7 +24,7 @@ from model.noise import SeededNoise  # noqa: E402
 
 from .config import Recipe  # noqa: E402
 from .data import build_dataset  # noqa: E402
-from .evaluate import EvalSet, _z_shape, denoiser_for  # noqa: E402
+from .evaluate import EvalSet, _z_shape, denoiser_for, evaluation_mode  # noqa: E402
 from .prepare import Preparer  # noqa: E402
 
 LABELS = {
@@ -167,8 +167,8 @@ def sample_grid(directory: Path, path: Path, gamma: float, n: int = 8) -> None:
     family = Family(directory)
     recipe = Recipe.from_json((directory / "recipe.json").read_text())
     dataset = build_dataset(recipe.data)
-    preparer = Preparer(dataset, family.autoencoder, family.info.text_len, "cpu", 0.0)
-    ev = EvalSet(dataset, preparer, n, 424_242, "class" if dataset.num_classes else ("text" if hasattr(dataset, "captions_for") else "free-text"))
+    preparer = Preparer.for_family(dataset, family, "cpu")
+    ev = EvalSet(dataset, preparer, n, 424_242, evaluation_mode(family, dataset))
     shape = _z_shape(family)
     plan = [("teacher-ddim", recipe.evaluation.reference_steps), ("teacher-ddim", 4), ("teacher-dpmpp2m", 4)]
     plan += [("distilled", k) for k in sorted(family.info.distilled_steps, reverse=True)]

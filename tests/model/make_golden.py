@@ -6,6 +6,7 @@ keep bit for bit (test_golden.py). Run only when a change is *meant* to alter th
 
 from __future__ import annotations
 
+import hashlib
 import platform
 from pathlib import Path
 
@@ -56,16 +57,19 @@ def outputs() -> dict[str, torch.Tensor]:
 
 
 def machine() -> str:
-    """The CPU model and torch version: kernels choose their arithmetic by both."""
+    """The CPU model, its instruction-set flags (a virtual CPU's model name may be only "AMD
+    EPYC" on several generations) and the torch version: kernels choose their arithmetic by them."""
     cpu = platform.processor() or platform.machine()
+    flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = hashlib.sha256(" ".join(sorted(line.split(":", 1)[1].split())).encode()).hexdigest()[:12]
     except OSError:
         pass
-    return f"{cpu}; torch {torch.__version__}"
+    return f"{cpu}; flags {flags or '?'}; torch {torch.__version__}"
 
 
 def main() -> None:

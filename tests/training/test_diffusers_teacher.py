@@ -148,7 +148,7 @@ def test_bad_teachers_exit_2_with_a_clear_message_and_write_nothing(tmp_path):
     cases.append((text, "tokenizer without a text encoder"))
     latent = _unet_folder(tmp_path, "latent", num_class_embeds=4)
     (latent / "vae").mkdir()
-    cases.append((latent, "latent"))
+    cases.append((latent, "no vae/config.json"))
     for folder, needle in cases:
         out = tmp_path / f"out-{folder.name}"
         proc = cli("run", "quick", "--teacher", folder, "--out", out, "--no-eval", check=False)

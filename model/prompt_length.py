@@ -2,8 +2,9 @@
 
 A family reads at most `text_len` tokens (its manifest), special tokens included; the API
 refuses a longer prompt instead of cutting it silently. The count comes from the encoder's own
-tokenizer file (shipped in model/tokenizers/) through the `tokenizers` library, so it is the
-count the worker's encoder sees.
+tokenizer file through the `tokenizers` library, so it is the count the worker's encoder sees:
+model/tokenizers/ for the built-in encoder; for an imported teacher's CLIP, the family's own
+tokenizer/tokenizer.json, registered by the service when it reads the family.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ CLIP_ENCODER = "clip"  # an imported teacher's CLIP text model, shipped in its f
 TOKENIZERS = Path(__file__).resolve().parent / "tokenizers"
 
 
-@lru_cache(maxsize=4)
-def _tokenizer(encoder: str):
-    path = TOKENIZERS / f"{encoder}.json"
+_FAMILY_TOKENIZERS: dict[str, Path] = {}
+
+
+def register_tokenizer(family: str, path: Path) -> None:
+    """The tokenizer file of a family whose encoder is its own (CLIP_ENCODER)."""
+    _FAMILY_TOKENIZERS[family] = Path(path)
+
+
+@lru_cache(maxsize=16)
+def _tokenizer_file(path: Path):
     if not path.is_file():
         return None
     from tokenizers import Tokenizer
@@ -29,7 +37,15 @@ def _tokenizer(encoder: str):
     return tokenizer
 
 
-def prompt_tokens(encoder: str, prompt: str) -> int | None:
-    """Tokens of `prompt` (special tokens included) in `encoder`; None for an encoder we cannot count for."""
-    tokenizer = _tokenizer(encoder)
+def _tokenizer(encoder: str, family: str | None):
+    if encoder == CLIP_ENCODER:
+        path = _FAMILY_TOKENIZERS.get(family or "")
+        return None if path is None else _tokenizer_file(path)
+    return _tokenizer_file(TOKENIZERS / f"{encoder}.json")
+
+
+def prompt_tokens(encoder: str, prompt: str, family: str | None = None) -> int | None:
+    """Tokens of `prompt` (special tokens included) in `encoder` (of `family`, for a family's own
+    encoder); None for an encoder we cannot count for."""
+    tokenizer = _tokenizer(encoder, family)
     return None if tokenizer is None else len(tokenizer.encode(prompt.strip()).ids)

@@ -147,7 +147,7 @@ def _prompt(info: FamilyInfo, ask: Ask, max_chars: int) -> str | None:
         raise InvalidRequest(f"model {info.family!r} takes no text prompts", "prompt")
     if len(prompt) > max_chars:
         raise InvalidRequest(f"prompt is longer than {max_chars} characters", "prompt")
-    tokens = prompt_tokens(info.text_encoder, prompt)
+    tokens = prompt_tokens(info.text_encoder, prompt, info.family)
     if tokens is not None and tokens > info.text_len:
         raise InvalidRequest(f"prompt is {tokens} tokens long; model {info.family!r} reads at most {info.text_len} (2 of them the start and end tokens): shorten it", "prompt")
     return prompt

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from model.builtin import builtin_families
 from model.manifest import FamilyInfo, read_family
+from model.prompt_length import CLIP_ENCODER, register_tokenizer
 
 
 class UnknownModel(LookupError):
@@ -33,6 +34,9 @@ class Registry:
     def __init__(self, models_dir: Path | None, default: str):
         self.paths = discover(models_dir)
         self.infos: dict[str, FamilyInfo] = {name: read_family(path) for name, path in self.paths.items()}
+        for name, info in self.infos.items():
+            if info.text_encoder == CLIP_ENCODER:  # prompts are counted in the family's own tokenizer
+                register_tokenizer(name, self.paths[name] / "tokenizer" / "tokenizer.json")
         if default not in self.infos:
             raise UnknownModel(f"default model {default!r} not found; have {sorted(self.infos)}")
         self.default = default

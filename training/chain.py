@@ -280,6 +280,10 @@ class Chain:
                 for part in ("text_encoder", "tokenizer"):
                     shutil.rmtree(self.out / part, ignore_errors=True)
                     shutil.copytree(self.imported.text_dir / part, self.out / part)
+                if not (self.out / "tokenizer" / "tokenizer.json").is_file():  # the API counts prompt tokens with it, torch-free
+                    from transformers import CLIPTokenizerFast
+
+                    CLIPTokenizerFast.from_pretrained(str(self.out / "tokenizer"), local_files_only=True).save_pretrained(str(self.out / "tokenizer"))
             save_checkpoint(self.out / "teacher", teacher, role="teacher", steps=None, guidance_range=None, extra={"imported_from": str(self.imported.unet_dir), "recipe": to_dict(self.recipe)})
         self.env.barrier()
         self._record("teacher", "teacher", None)

@@ -149,6 +149,11 @@ def test_the_service_serves_txt2img_img2img_and_inpaint_at_the_familys_resolutio
         assert not np.array_equal(painted[~keep], source[~keep])
         r = httpx.post(service.url + "/v1/txt2img", json={"model": "tiny-sd", "class_label": 0, "steps": 1}, timeout=30)
         assert r.status_code == 422 and "class" in r.text
+        # prompts are counted in the teacher's own tokenizer (one token per character here), not cut
+        r = httpx.post(service.url + "/v1/txt2img", json={"model": "tiny-sd", "prompt": "a red circle on a grey ground", "steps": 1}, timeout=30)
+        assert r.status_code == 200, r.text
+        r = httpx.post(service.url + "/v1/txt2img", json={"model": "tiny-sd", "prompt": "a red circle on a grey background at the top", "steps": 1}, timeout=30)
+        assert r.status_code == 422 and "37 tokens long" in r.text and "at most 32" in r.text, r.text
     finally:
         service.stop()
         redis.stop()

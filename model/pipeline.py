@@ -6,6 +6,11 @@ request's noise comes from its own seed. With `fixed_batch` set, every network c
 exactly that many rows (the batch is cut into chunks and the last chunk padded), so a
 request's pixels are bit-identical whatever shares its batch: CPU and GPU kernels pick
 their arithmetic by shape, and a different batch size changes the last bits.
+
+With `compile`, the networks run under `torch.compile` (on CUDA in "reduce-overhead" mode,
+with CUDA graphs) for the one shape the worker calls them with, `fixed_batch` rows; each is
+compiled on its first call (the service does that during warm-up). Students share one graph:
+they differ in weights only.
 """
 
 from __future__ import annotations
@@ -39,11 +44,15 @@ class Request:
 
 
 class Pipeline:
-    def __init__(self, family: Family, fixed_batch: int | None = None):
+    def __init__(self, family: Family, fixed_batch: int | None = None, compile: bool = False):
         if fixed_batch is not None and fixed_batch < 1:
             raise ValueError(f"fixed_batch must be a positive number of rows, got {fixed_batch}")
+        if compile and fixed_batch is None:
+            raise ValueError("compile needs fixed_batch: compiled networks are specialised to one batch shape")
         self.family = family
         self.fixed_batch = fixed_batch
+        self.compile = compile
+        self._compiled: dict[int, torch.nn.Module] = {}
         info = family.info
         self.text_encoder = None
         if info.text_encoder:
@@ -95,6 +104,21 @@ class Pipeline:
         chunks = [self._generate(padded[i : i + size], steps, stochastic, on_step, i) for i in range(0, len(padded), size)]
         return torch.cat(chunks)[: len(requests)]
 
+    def network(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model`, compiled when the pipeline compiles (cached per model)."""
+        if not self.compile:
+            return model
+        key = id(model)
+        if key not in self._compiled:
+            cuda = next(model.parameters()).is_cuda
+            self._compiled[key] = torch.compile(model, dynamic=False, mode="reduce-overhead" if cuda else None)
+        return self._compiled[key]
+
+    def eager(self) -> None:
+        """Stop compiling (a platform where compilation fails); the eager networks stay loaded."""
+        self.compile = False
+        self._compiled.clear()
+
     def evaluations(self, request: Request, *, steps: int) -> int:
         """Network evaluations a request costs: its steps, fewer for img2img that starts below
         t = 1, plus one partial step when the strength falls between grid points."""
@@ -104,7 +128,7 @@ class Pipeline:
 
     def _generate(self, requests: list[Request], steps: int, stochastic: bool, on_step: StepPreview | None, first: int) -> torch.Tensor:
         fam = self.family
-        student = fam.student(steps, stochastic)
+        student = self.network(fam.student(steps, stochastic))
         grid = time_grid(steps)
         shape = (self.z_channels, self.z_side, self.z_side)
         noises, zs, ts, starts = [], [], [], []
@@ -125,8 +149,8 @@ class Pipeline:
         known = self._known_region(requests)
         z, t, start = torch.cat(zs), torch.cat(ts), torch.cat(starts)
         if off_grid(t, start, grid).any():  # img2img between grid points: one step of the stage-1 student
-            first = fam.model("stage1") if "stage1" in fam.info.checkpoints else student
-            z = step_to_grid(self._denoiser(first, gamma, known), z, cond, t=t, start=start, grid=grid)
+            opener = self.network(fam.model("stage1")) if "stage1" in fam.info.checkpoints else student
+            z = step_to_grid(self._denoiser(opener, gamma, known), z, cond, t=t, start=start, grid=grid)
         sampler = sample_stochastic if stochastic else sample_ddim
         callback = None
         if on_step is not None:

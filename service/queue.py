@@ -296,6 +296,8 @@ class RedisQueue:
     async def start(self, job_ids: list[str], consumer: str) -> list[bool]:
         """Mark jobs running (one round trip); False for those cancelled or expired (skip them)."""
         now = time.time()
+        if len(job_ids) == 1:  # a pipeline would first ask whether its scripts exist: one round trip more
+            return [bool(await self._start(keys=[self.job_key(job_ids[0])], args=[consumer, now]))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 await self._start(keys=[self.job_key(job_id)], args=[consumer, now], client=pipe)
@@ -308,16 +310,22 @@ class RedisQueue:
         `dead_letter` (the reason), each entry whose finish wins is also copied, in the same
         script, to the dead-letter stream for an operator to read (XRANGE p:dead - +)."""
         now = time.time()
+
+        def call(entry: Entry, result: JobResult, client=None):
+            job_id = entry.job_id or "-"
+            store = entry.job is not None and entry.job.store_result
+            return self._finish(
+                keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
+                args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
+                      dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN],
+                client=client,
+            )
+
+        if len(done) == 1:  # no pipeline: it would first ask whether its scripts exist (a round trip)
+            return [bool(await call(*done[0]))]
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry, result in done:
-                job_id = entry.job_id or "-"
-                store = entry.job is not None and entry.job.store_result
-                await self._finish(
-                    keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
-                    args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
-                          dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN],
-                    client=pipe,
-                )
+                await call(entry, result, pipe)
             return [bool(won) for won in await pipe.execute()]
 
     async def wait(self, job_id: str, timeout_s: float) -> JobResult | None:

@@ -39,22 +39,40 @@ def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
 
 
 class Runner:
-    def __init__(self, paths: dict, *, device: str = "auto", dtype: str = "auto", fixed_batch: int | None = None):
+    def __init__(self, paths: dict, *, device: str = "auto", dtype: str = "auto", fixed_batch: int | None = None, compile: bool = False):
         self.device, self.dtype = pick_device(device, dtype)
-        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch) for name, path in paths.items()}
+        if compile and fixed_batch is None:
+            log.warning("FEWSTEP_COMPILE needs FEWSTEP_FIXED_BATCH (compiled networks take one batch shape); running eagerly")
+            compile = False
+        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile) for name, path in paths.items()}
         log.info("loaded %s on %s (%s)", sorted(self.pipelines), self.device, self.dtype)
 
     def warm_up(self) -> None:
-        """Load every student and run it once, so the first request pays no loading cost."""
-        for pipe in self.pipelines.values():
-            info = pipe.family.info
-            req = Request(seed=0, guidance=info.guidance_range[0], class_label=0 if info.class_names else None, prompt=None if info.class_names else "warm up")
-            for steps in info.distilled_steps:
-                pipe.generate([req], steps=steps)
-            for steps in info.stochastic_steps:
-                pipe.generate([req], steps=steps, stochastic=True)
-            if "stage1" in info.checkpoints:  # img2img between grid points takes one stage-1 step
-                pipe.family.model("stage1")
+        """Load every student and run it once, so the first request pays no loading (or
+        compilation) cost. A platform where compilation fails runs eagerly, with a warning."""
+        for name, pipe in self.pipelines.items():
+            start = time.perf_counter()
+            try:
+                self._warm(pipe)
+            except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways (no C++ compiler, an unsupported op)
+                if not pipe.compile:
+                    raise
+                log.warning("compiling %s failed (%s: %s); it runs eagerly", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                pipe.eager()
+                self._warm(pipe)
+            log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, "compiled" if pipe.compile else "eager")
+
+    @staticmethod
+    def _warm(pipe: Pipeline) -> None:
+        info = pipe.family.info
+        req = Request(seed=0, guidance=info.guidance_range[0], class_label=0 if info.class_names else None, prompt=None if info.class_names else "warm up")
+        for steps in info.distilled_steps:
+            pipe.generate([req], steps=steps)
+        for steps in info.stochastic_steps:
+            pipe.generate([req], steps=steps, stochastic=True)
+        if "stage1" in info.checkpoints and info.resolution:  # img2img between grid points takes one stage-1 step
+            side = info.resolution
+            pipe.generate([Request(seed=0, guidance=req.guidance, class_label=req.class_label, prompt=req.prompt, image=torch.zeros(3, side, side), strength=0.7)], steps=1)
 
     def run(self, jobs: list[Job], on_event: Callable[[str, dict], None] | None = None) -> list[JobResult]:
         """One forward pass for jobs that share (model, steps, stochastic); one result per job.

@@ -36,6 +36,7 @@ class Worker:
         self.settings, self.queue, self.runner = settings, queue, runner
         self.name = name or worker_name()
         self._last_claim = 0.0
+        self._last_batch = 0  # entries in the last batch gathered (the batch-fill wait is for load)
         self._stop = asyncio.Event()
         self._pending: list[Entry] = []  # gathered, not yet finished: resumed after a Redis error
         self._batch_started: float | None = None  # monotonic start of the batch now running
@@ -104,9 +105,12 @@ class Worker:
             return []
         self._pending = list(entries)  # from here on a Redis error resumes them, not a takeover
         # fill the batch: sweep what is already queued, then wait (here, not in Redis: a short
-        # BLOCK times out only at Redis's next cron tick, up to 1/hz = 100 ms late)
-        until = time.monotonic() + s.max_wait_ms / 1000
-        while len(entries) < s.max_batch_size:
+        # BLOCK times out only at Redis's next cron tick, up to 1/hz = 100 ms late). The wait is
+        # for load: after a batch of one (an idle worker), a lone request runs at once, and what
+        # arrives meanwhile is read as soon as it is done
+        lone = self._last_batch <= 1 and len(entries) == 1
+        until = time.monotonic() + (0.0 if lone else s.max_wait_ms / 1000)
+        while len(entries) < s.max_batch_size and not lone:
             more = await self.queue.read(self.name, s.max_batch_size - len(entries), block_ms=None)
             if more:
                 entries += more
@@ -116,6 +120,7 @@ class Worker:
             if remaining <= 0:
                 break
             await asyncio.sleep(remaining)
+        self._last_batch = len(entries)
         return entries
 
     async def process(self, entries: list[Entry]) -> None:
@@ -289,7 +294,7 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
     its OpenMP threads spin, and a starved event loop delivers requests late, in small batches."""
     import torch
 
-    runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch)
+    runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch, compile=settings.compile)
     threads = settings.torch_threads
     if threads is None and beside_api and runner.device == "cpu":
         threads = max(1, (os.cpu_count() or 1) - 1)

@@ -7,8 +7,7 @@ exactly that many rows (the batch is cut into chunks and the last chunk padded),
 request's pixels are bit-identical whatever shares its batch: CPU and GPU kernels pick
 their arithmetic by shape, and a different batch size changes the last bits.
 
-With `compile`, the networks run under `torch.compile` (on CUDA in "reduce-overhead" mode,
-with CUDA graphs) for the one shape the worker calls them with, `fixed_batch` rows; each is
+With `compile`, the networks run under `torch.compile` (inductor; no CUDA graphs) for the one shape the worker calls them with, `fixed_batch` rows; each is
 compiled on its first call (the service does that during warm-up). Students share one graph:
 they differ in weights only.
 """
@@ -58,7 +57,7 @@ class Pipeline:
         if info.text_encoder:
             from .text_encoder import build_text_encoder
 
-            self.text_encoder = build_text_encoder(info.text_encoder, family.directory, max_length=info.text_len, fixed_batch=fixed_batch)
+            self.text_encoder = build_text_encoder(info.text_encoder, family.directory, max_length=info.text_len, fixed_batch=fixed_batch, device=family.device)
         if not info.distilled_steps:
             raise ValueError(f"family {info.family!r} has no distilled students yet")
         net = family.student(info.distilled_steps[0]).network_config
@@ -110,8 +109,9 @@ class Pipeline:
             return model
         key = id(model)
         if key not in self._compiled:
-            cuda = next(model.parameters()).is_cuda
-            self._compiled[key] = torch.compile(model, dynamic=False, mode="reduce-overhead" if cuda else None)
+            # no CUDA graphs ("reduce-overhead"): torch keeps them per thread, and the worker runs
+            # its batches on a pool of threads
+            self._compiled[key] = torch.compile(model, dynamic=False)
         return self._compiled[key]
 
     def eager(self) -> None:

@@ -72,7 +72,7 @@ class Runner:
             pipe.generate([req], steps=steps, stochastic=True)
         if "stage1" in info.checkpoints and info.resolution:  # img2img between grid points takes one stage-1 step
             side = info.resolution
-            pipe.generate([Request(seed=0, guidance=req.guidance, class_label=req.class_label, prompt=req.prompt, image=torch.zeros(3, side, side), strength=0.7)], steps=1)
+            pipe.generate([Request(seed=0, guidance=req.guidance, class_label=req.class_label, prompt=req.prompt, image=torch.zeros(3, side, side), strength=0.7)], steps=min(info.distilled_steps))
 
     def run(self, jobs: list[Job], on_event: Callable[[str, dict], None] | None = None) -> list[JobResult]:
         """One forward pass for jobs that share (model, steps, stochastic); one result per job.

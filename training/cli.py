@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--repeats", type=int, help="independent seed sets per row (default: the recipe's)")
     ev.add_argument("--fresh", action="store_true", help="start over instead of continuing a killed evaluation from its finished rows")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
+    ev.add_argument("--reuse-teacher-rows", action="store_true", help="take the teacher's rows from DIR/metrics.json of an earlier evaluation (same teacher, samples, repeats) and sample only the students")
     rs = sub.add_parser("response", help="print the gamma response of a family's students (a minute; evaluate records the same)")
     rs.add_argument("dir", type=Path)
     sm = sub.add_parser("sample", help="write a PNG grid of samples from a family's distilled students")
@@ -123,7 +124,7 @@ def cmd_run(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    evaluate(args.dir, samples=args.samples, repeats=args.repeats, resume=not args.fresh, device=args.device)
+    evaluate(args.dir, samples=args.samples, repeats=args.repeats, resume=not args.fresh, device=args.device, reuse_teacher_rows=args.reuse_teacher_rows)
     return 0
 
 

@@ -10,7 +10,8 @@ to the time embedding. Call the exported U-Net with
 
 Exact for U-Nets whose timestep features are fewstep's (flip_sin_to_cos, freq_shift 0, as
 ours and Stable Diffusion's are); students that push the condition embeddings by gamma
-(`gamma_extrapolate`) and UNet2DModel students cannot be written this way and are skipped
+(`gamma_extrapolate`), that take gamma before the time MLP (`time_features`), UNet2DModel
+students and the stochastic sampler's students cannot be written this way and are skipped
 with the reason. Beside each U-Net, `fewstep.json` gives its sampling grid: per step the
 U-Net's timestep, the (alpha, sigma) to read its output with, and the (alpha, sigma) of the
 DDIM update (docs/design.md, "Students in the diffusers layout").
@@ -62,6 +63,8 @@ def _why_not(student: Denoiser) -> str | None:
         return f"its U-Net is a {cfg.unet_class}, which has no added-condition input for gamma"
     if not isinstance(backbone, (UNetBackbone, DiffusersBackbone)):
         return "it is not a U-Net"
+    if not isinstance(backbone.unet.time_embedding, GammaTimestepEmbedding):
+        return "it takes gamma before the time MLP (gamma_pathway 'time_features'), not through its own embedding MLP"
     unet_cfg = backbone.unet.config
     if not unet_cfg.flip_sin_to_cos or unet_cfg.freq_shift != 0:
         return "its timestep features (flip_sin_to_cos, freq_shift) differ from the Fourier features of its gamma"
@@ -70,9 +73,11 @@ def _why_not(student: Denoiser) -> str | None:
     return None
 
 
-def write_diffusers_unet(student: Denoiser, dest: Path, *, steps: int, guidance_range, dtype: torch.dtype = torch.float32) -> str | None:
+def write_diffusers_unet(student: Denoiser, dest: Path, *, steps: int, guidance_range, dtype: torch.dtype = torch.float32, role: str = "distilled") -> str | None:
     """Write `dest` (config.json, diffusion_pytorch_model.safetensors, fewstep.json, README.md);
     returns None, or why this student cannot be written in the diffusers layout."""
+    if role == "stochastic":
+        return "it is a student of the N-step stochastic sampler (a two-interval step, then fresh noise), not of the DDIM loop its README would describe"
     reason = _why_not(student)
     if reason is not None:
         return reason
@@ -82,9 +87,8 @@ def write_diffusers_unet(student: Denoiser, dest: Path, *, steps: int, guidance_
     unet = backbone.unet
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     state = {k: v for k, v in unet.state_dict().items()}
-    if isinstance(unet.time_embedding, GammaTimestepEmbedding):
-        config.update(addition_embed_type="text_time", addition_time_embed_dim=cfg.gamma_embed_dim, projection_class_embeddings_input_dim=cfg.gamma_embed_dim)
-        state = {k.replace("time_embedding.gamma_mlp.", "add_embedding."): v for k, v in state.items()}
+    config.update(addition_embed_type="text_time", addition_time_embed_dim=cfg.gamma_embed_dim, projection_class_embeddings_input_dim=cfg.gamma_embed_dim)
+    state = {k.replace("time_embedding.gamma_mlp.", "add_embedding."): v for k, v in state.items()}
     exported = UNet2DConditionModel.from_config(config)
     missing, unexpected = exported.load_state_dict(state, strict=False)
     if missing or unexpected:

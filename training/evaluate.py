@@ -140,9 +140,16 @@ def _attr_names(dataset, mode: str) -> list[int]:
     return [a for a in range(len(dataset.attributes)) if a not in asked]
 
 
-def evaluate(directory: Path, samples: int | None = None, repeats: int | None = None, device: str | None = None, resume: bool = True) -> dict:
+def evaluate(directory: Path, samples: int | None = None, repeats: int | None = None, device: str | None = None, resume: bool = True, reuse_teacher_rows: bool = False) -> dict:
     """Evaluate the family in `directory` and write metrics.json. A killed run continues from
-    its finished rows (training/eval_progress.py) unless `resume` is False."""
+    its finished rows (training/eval_progress.py) unless `resume` is False.
+
+    `reuse_teacher_rows`: the teacher's rows (and its text-adherence rows) are taken from the
+    metrics.json already in `directory`, which must come from an evaluation of the same teacher
+    weights with the same samples, repeats and reference; only the students are sampled (the
+    teacher's rows cost most of a table: its reference alone takes 2 x reference_steps
+    evaluations per image). The students' RMSE to the reference is then left empty at a
+    gamma whose reference samples a resumed run has not already drawn."""
     directory = Path(directory)
     recipe_path = directory / "recipe.json"
     if not recipe_path.is_file():
@@ -190,6 +197,7 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     else:
         adherence_real = adherence(real_pred[0], sets[0].asked) if sets[0].asked is not None else None
 
+    previous = _previous_teacher_rows(directory, family, samples, repeats, e) if reuse_teacher_rows else None
     rows = []
     plan = sampler_plan(recipe, family)
     for gamma in e.guidance:
@@ -199,8 +207,15 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
             if part in progress:
                 rows.append(progress.get(part))
                 continue
+            if previous is not None and sampler.startswith("teacher"):
+                key = (sampler, steps, float(gamma))
+                if key not in previous["rows"]:
+                    raise CheckpointError(f"evaluate --reuse-teacher-rows: the earlier metrics.json has no row {sampler} {steps} steps at gamma {gamma}")
+                rows.append(previous["rows"][key])
+                continue
             if references is None:
-                references = _references(progress, family, e, gamma, sets, shape)
+                saved = progress.tensors(f"reference-{gamma}") if previous is not None else None
+                references = (saved if saved is not None and len(saved) == len(sets) else [None] * len(sets)) if previous is not None else _references(progress, family, e, gamma, sets, shape)
             cells: dict[str, list] = {"fid": [], "kid": [], "adherence": [], "rmse_to_reference": []}
             attr_tv: dict[str, list] = {dataset.attributes[a].name: [] for a in other_attrs}
             for r, s in enumerate(sets):
@@ -216,7 +231,7 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
                     for a in other_attrs:
                         attr_tv[dataset.attributes[a].name].append(attribute_distance(predicted[:, a], real_pred[r][:, a], len(dataset.attributes[a].values)))
                 stochastic = sampler == "distilled-stochastic"
-                cells["rmse_to_reference"].append(None if stochastic else float((x - references[r]).flatten(1).pow(2).mean(1).sqrt().mean()))
+                cells["rmse_to_reference"].append(None if stochastic or references[r] is None else float((x - references[r]).flatten(1).pow(2).mean(1).sqrt().mean()))
             row = {"sampler": sampler, "steps": steps, "evals": network_evaluations(steps, sampler.startswith("teacher")), "guidance": gamma}
             for cell, values in cells.items():
                 row[cell], row[f"{cell}_std"] = summary(values)
@@ -247,15 +262,19 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         "adherence_real": adherence_real,
         "gamma_response": responses,
         "device": str(device),
+        "teacher_sha256": _teacher_hash(directory),
         "rows": rows,
     }
+    if previous is not None:
+        metrics["teacher_rows_from"] = previous["note"]
     if family.info.resolution and family.info.distilled_steps:
         if "edits" not in progress:
             progress.put("edits", finite(_edits(family, dataset, sets[0], mode, min(256, samples))))
         metrics["edits"] = progress.get("edits")
     if mode == "class" and dataset.has_text and family.info.text_encoder and hasattr(dataset, "held_out_combos"):
         if "text_adherence" not in progress:
-            progress.put("text_adherence", finite(_text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape)))
+            reused = previous["text_adherence"] if previous is not None else None
+            progress.put("text_adherence", finite(_text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape, reused)))
         metrics["text_adherence"] = progress.get("text_adherence")
     metrics["seconds"] = round(time.time() - started, 1)
     metrics = finite(metrics)
@@ -263,6 +282,40 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     progress.finish()
     print(f"[evaluate] wrote {directory / 'metrics.json'} ({metrics['seconds']} s)")
     return metrics
+
+
+def _teacher_hash(directory: Path) -> str | None:
+    import hashlib
+
+    path = Path(directory) / "teacher" / "model.safetensors"
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _previous_teacher_rows(directory: Path, family: Family, samples: int, repeats: int, e) -> dict:
+    """The teacher's rows of the metrics.json in `directory`, checked to be comparable."""
+    path = Path(directory) / "metrics.json"
+    if not path.is_file():
+        raise CheckpointError(f"evaluate --reuse-teacher-rows: {path} does not exist (no earlier evaluation to take the teacher's rows from)")
+    old = json.loads(path.read_text())
+    if old.get("teacher_rows_from"):  # a chain of reuse would hide where the rows came from
+        note = old["teacher_rows_from"]
+    else:
+        note = f"an earlier evaluation on {old.get('device', '?')}"
+    same = old.get("samples_per_row") == samples and old.get("repeats") == repeats and (old.get("reference") or {}).get("steps") == e.reference_steps
+    if not same:
+        raise CheckpointError(f"evaluate --reuse-teacher-rows: {path} was evaluated with {old.get('samples_per_row')} samples x {old.get('repeats')} repeats and a "
+                              f"{(old.get('reference') or {}).get('steps')}-step reference; this evaluation asks for {samples} x {repeats} and {e.reference_steps}")
+    if old.get("teacher_sha256") not in (None, _teacher_hash(directory)):
+        raise CheckpointError(f"evaluate --reuse-teacher-rows: {path} evaluated another teacher (its weights changed since)")
+    rows = {(r["sampler"], r["steps"], float(r["guidance"])): r for r in old.get("rows", []) if r["sampler"].startswith("teacher")}
+    text = {(r["sampler"], r["steps"], float(r["guidance"])): r for r in old.get("text_adherence", []) if r["sampler"].startswith("teacher")}
+    return {"rows": rows, "text_adherence": text, "note": note}
 
 
 def _references(progress: EvalProgress, family: Family, e, gamma: float, sets: list, shape: tuple) -> list[torch.Tensor]:
@@ -350,8 +403,9 @@ def _edits(family: Family, dataset, ev: EvalSet, mode: str, n: int) -> dict:
     return out
 
 
-def _text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape) -> list[dict]:
-    """Adherence to short prompts ("a blue triangle") on seen vs held-out shape/colour pairs."""
+def _text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape, reused: dict | None = None) -> list[dict]:
+    """Adherence to short prompts ("a blue triangle") on seen vs held-out shape/colour pairs;
+    the teacher's rows from `reused` ((sampler, steps, gamma) -> row) when given."""
     out = []
     e = recipe.evaluation
     plan = [("teacher-ddim", 16)] + [("distilled", n) for n in sorted(family.info.distilled_steps, reverse=True) if n in (4, 1)]
@@ -359,6 +413,9 @@ def _text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape
     sets = {"seen": EvalSet(dataset, preparer, n, 0, "text"), "held_out": EvalSet(dataset, preparer, n, 0, "text", held_out=True)}
     for gamma in [g for g in e.guidance if g in (0.0, 1.0, 4.0)]:
         for sampler, steps in plan:
+            if reused is not None and sampler.startswith("teacher") and (sampler, steps, float(gamma)) in reused:
+                out.append(reused[(sampler, steps, float(gamma))])
+                continue
             row = {"sampler": sampler, "steps": steps, "guidance": gamma}
             for split, s in sets.items():
                 x = generate(family, sampler, steps, gamma, s, e.batch_size, shape)

@@ -67,6 +67,6 @@ def _diffusers_students(family: Path, keep: dict, guidance_range, dtype: torch.d
         if c["role"] == "teacher":
             continue
         student, _ = load_checkpoint(family / name, "cpu")
-        why = write_diffusers_unet(student, family / "diffusers" / name, steps=c["steps"], guidance_range=guidance_range, dtype=dtype)
+        why = write_diffusers_unet(student, family / "diffusers" / name, steps=c["steps"], guidance_range=guidance_range, dtype=dtype, role=c["role"])
         if why is not None:
             note(f"{name}: not written in the diffusers layout: {why}")

@@ -101,9 +101,10 @@ def sd() -> Recipe:
         torchrun --nproc_per_node=8 -m training run sd --teacher PIPELINE --data-dir CAPTIONED_IMAGES --out OUT
 
     It needs the teacher (`--teacher`, a pipeline folder with safetensors weights) and a folder
-    of captioned 512x512 images. Expected cost (estimated, not measured here): ~75,000 updates,
-    each about five U-Net passes per sample at 64x64 latents; at ~8 ms per pass and sample in
-    bf16 on an A100, some 2.5 s per update on 8 GPUs, about 2-3 days (~500 GPU-hours). Check
+    of captioned 512x512 images. Expected cost (estimated, not measured here): ~115,000 updates
+    (73,000 for stage 1 and the deterministic rounds, 42,000 for the stochastic students), each
+    about five U-Net passes per sample at 64x64 latents; at ~8 ms per pass and sample in bf16
+    on an A100, some 2.5 s per update on 8 GPUs, about 3-4 days (~700 GPU-hours). Check
     a setup first with --dry-run (training/cli.py), which imports the teacher, runs one
     stage-1 and one stage-2 loss on two images, and prints the plan."""
     rounds = StageConfig(steps=2000, batch_size=512, lr=1e-5, lr_schedule="linear", ema_decay=0.0, warmup=100, save_every_s=600)

@@ -229,9 +229,15 @@ def import_teacher(directory: Path, null_class: int | None = None) -> ImportedTe
 
 
 def load_vae_weights(imported: ImportedTeacher, autoencoder) -> None:
-    """The teacher's vae weights into a KLAutoencoder built from `imported.autoencoder`."""
+    """The teacher's vae weights into a KLAutoencoder built from `imported.autoencoder`; the
+    attention keys of older checkpoints (query/key/value/proj_attn) renamed as diffusers'
+    from_pretrained does."""
     from safetensors.torch import load_file
 
-    missing, unexpected = autoencoder.vae.load_state_dict(load_file(str(imported.vae_dir / WEIGHTS)), strict=False)
+    state = load_file(str(imported.vae_dir / WEIGHTS))
+    fix = getattr(autoencoder.vae, "_fix_state_dict_keys_on_load", None)
+    if fix is not None:
+        fix(state)
+    missing, unexpected = autoencoder.vae.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise TeacherError(f"--teacher: the vae weights do not fit its config (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+        raise TeacherError(f"--teacher: the vae weights do not fit its config (missing {len(missing)}, unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[:3]})")

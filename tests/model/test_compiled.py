@@ -38,6 +38,9 @@ def test_compiled_pixels_ignore_batch_mates_and_match_eager(pipes, steps, stocha
     eager, compiled = pipes
     batch = requests()
     together = compiled.generate(batch, steps=steps, stochastic=stochastic)
+    student = compiled.family.student(steps, stochastic)
+    assert isinstance(compiled.network(student), torch._dynamo.eval_frame.OptimizedModule)  # it really runs compiled
+    assert eager.network(student) is student
     for k, r in enumerate(batch):
         alone = compiled.generate([r], steps=steps, stochastic=stochastic)[0]
         assert torch.equal(alone, together[k]), f"request {k}: its pixels depend on its batch mates"

@@ -264,3 +264,14 @@ def test_the_imported_text_family_is_evaluated_by_prompt(sd_family, tmp_path):
     assert {("teacher-ddim", 256), ("stage1", 16), ("distilled", 1)} <= samplers
     assert all(r["fid"] is not None and r["adherence"] is not None for r in metrics["rows"])
     assert metrics["edits"]["inpaint"][0]["kept_max_abs_diff"] == 0.0
+    # students only, the teacher's rows taken from that evaluation (the teacher is unchanged)
+    cli("evaluate", copy, "--samples", "16", "--repeats", "2", "--fresh", "--reuse-teacher-rows")
+    again = json.loads((copy / "metrics.json").read_text())
+    teacher_rows = [r for r in metrics["rows"] if r["sampler"].startswith("teacher")]
+    assert [r for r in again["rows"] if r["sampler"].startswith("teacher")] == teacher_rows and again["teacher_rows_from"]
+    students = [r for r in again["rows"] if not r["sampler"].startswith("teacher")]
+    assert students and all(r["fid"] is not None and r["rmse_to_reference"] is None for r in students)
+    first = {(r["sampler"], r["steps"], r["guidance"]): r["fid"] for r in metrics["rows"]}
+    assert all(abs(r["fid"] - first[(r["sampler"], r["steps"], r["guidance"])]) < 1e-6 for r in students)  # same seeds, same samples
+    proc = cli("evaluate", copy, "--samples", "8", "--repeats", "2", "--fresh", "--reuse-teacher-rows", check=False)
+    assert proc.returncode == 2 and "16 samples" in proc.stderr and "Traceback" not in proc.stderr

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dir", type=Path)
     rp.add_argument("--out", required=True, type=Path, help="directory for report.md and its figures")
     sub.add_parser("recipes", help="list the recipes")
+    dt = sub.add_parser("data", help="build a dataset folder: `data emoji --out FOLDER` renders colour emoji with captions from their names")
+    dt.add_argument("kind", choices=["emoji"])
+    dt.add_argument("--out", required=True, type=Path)
+    dt.add_argument("--size", type=int, default=64, help="image side in pixels")
+    dt.add_argument("--font", type=Path, help="a colour emoji font (default: Debian's fonts-noto-color-emoji)")
     return parser
 
 
@@ -153,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
 
             for name, r in responses(args.dir).items():
                 print(f"{name:14s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
+            return 0
+        if args.command == "data":
+            from .data.emoji import build
+
+            counts = build(args.out, size=args.size, font_path=args.font)
+            print(f"wrote {counts['train']} training and {counts['held_out']} held-out emoji to {args.out}/train and {args.out}/held_out")
             return 0
         if args.command == "report":
             from .report import write_report

@@ -26,7 +26,7 @@ def load_clip(directory: Path, device="cpu"):
     """(tokenizer, CLIPTextModel) of a folder with text_encoder/ and tokenizer/."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPTokenizerFast
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -34,7 +34,9 @@ def load_clip(directory: Path, device="cpu"):
     if not (directory / "text_encoder" / WEIGHTS).is_file():
         raise CheckpointError(f"{directory}: no text_encoder/{WEIGHTS} (fewstep loads safetensors only)")
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(str(directory / "tokenizer"), local_files_only=True)
+        # the fast tokenizer where its file is there (a family always has it): the API counts prompts with the same file
+        fast = (directory / "tokenizer" / "tokenizer.json").is_file()
+        tokenizer = (CLIPTokenizerFast if fast else CLIPTokenizer).from_pretrained(str(directory / "tokenizer"), local_files_only=True)
         model = CLIPTextModel.from_pretrained(str(directory / "text_encoder"), use_safetensors=True, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{directory}: the CLIP text encoder or its tokenizer does not load ({exc})") from exc

@@ -221,7 +221,9 @@ def write_report(directory: Path, out: Path) -> Path:
         "",
         "## Table (cells: FID / KID / adherence / RMSE to reference)",
         "",
-        "RMSE to the reference is left empty for stochastic rows: their fresh noise makes a per-sample distance meaningless.",
+        "RMSE to the reference is left empty for stochastic rows: their fresh noise makes a per-sample distance meaningless."
+        + (f" The teacher's rows come from {metrics['teacher_rows_from']} of the same teacher with the same samples, seeds and settings "
+           "(`evaluate --reuse-teacher-rows`); the students' RMSE is left empty where that run did not redraw the reference." if metrics.get("teacher_rows_from") else ""),
         "",
         table(metrics),
         "",

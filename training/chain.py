@@ -262,10 +262,8 @@ class Chain:
         side = tuple(x.shape[1:])
         plan = [f"teacher: {'imported from ' + str(r.teacher_dir) if self.imported else f'{r.teacher.steps} steps x batch {r.teacher.batch_size}'}; z {side}; student {params / 1e6:.1f}M parameters",
                 f"stage1: {r.stage1.steps} steps x batch {r.stage1.batch_size} (gamma in {list(r.guidance_range)}; loss on {rows} rows {float(loss):.4g})"]
-        for n in r.student_steps:
-            steps = int(r.distill.steps * (r.final_rounds_scale if n <= 4 else 1.0))
-            plan.append(f"distilled-{n}: {steps} steps x batch {r.distill.batch_size}")
-        plan += [f"stochastic-{n}: {int(r.stochastic.steps * (r.final_rounds_scale if n <= 4 else 1.0))} steps x batch {r.stochastic.batch_size}" for n in r.stochastic_steps]
+        plan += [f"distilled-{n}: {self._round(r.distill, n).steps} steps x batch {r.distill.batch_size}" for n in r.student_steps]
+        plan += [f"stochastic-{n}: {self._round(r.stochastic, n).steps} steps x batch {r.stochastic.batch_size}" for n in r.stochastic_steps]
         plan.append(f"stage-2 loss on {rows} rows {float(loss2):.4g}; {self.env.world} process(es) on {self.env.device}, mixed precision {r.mixed_precision}, gradient checkpointing {r.gradient_checkpointing}")
         return plan
 
@@ -298,10 +296,15 @@ class Chain:
         r = gamma_response(student, teacher, self.preparer.x(batch), cond, gamma_range=self.recipe.guidance_range, times=response_times(steps), clip=self.clip)
         print(f"[fewstep] {name}: gamma response {r['mean']:.3f} (" + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "mean") + ")", flush=True)
 
+    def _round(self, cfg: StageConfig, n: int) -> StageConfig:
+        """A round's settings: the rounds of N <= 4 steps train final_rounds_scale times longer."""
+        if n <= 4 and self.recipe.final_rounds_scale != 1.0:
+            return StageConfig(**{**to_dict(cfg), "steps": int(cfg.steps * self.recipe.final_rounds_scale)})
+        return cfg
+
     def _distill(self, name, role, n, teacher, student, cfg: StageConfig, stage_id, parent, *, stochastic):
         r, p = self.recipe, self.preparer
-        if n <= 4 and r.final_rounds_scale != 1.0:
-            cfg = StageConfig(**{**to_dict(cfg), "steps": int(cfg.steps * r.final_rounds_scale)})
+        cfg = self._round(cfg, n)
         teacher = teacher.eval().requires_grad_(False)
         student = student.train().requires_grad_(True)
 

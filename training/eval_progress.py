@@ -23,6 +23,22 @@ from safetensors.torch import load_file, save_file
 from model.files import atomic_write_text
 
 
+def _update(h, path: Path) -> None:
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+
+
+def weights_sha256(directory: Path, name: str) -> str | None:
+    """SHA-256 of checkpoint `name`'s weights in `directory`; None when it has none."""
+    path = Path(directory) / name / "model.safetensors"
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    _update(h, path)
+    return h.hexdigest()
+
+
 def fingerprint(directory: Path, checkpoints, settings: dict) -> str:
     """SHA-256 over the weights of `checkpoints` (names of sub-directories) and `settings`."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -30,9 +46,7 @@ def fingerprint(directory: Path, checkpoints, settings: dict) -> str:
         path = Path(directory) / name / "model.safetensors"
         h.update(name.encode())
         if path.is_file():
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            _update(h, path)
     return h.hexdigest()
 
 

@@ -31,7 +31,7 @@ from model.samplers import SAMPLERS, network_evaluations
 from .config import Recipe
 from .data import build_dataset, random_box_masks
 from .edits import evaluate_edits
-from .eval_progress import EvalProgress, fingerprint
+from .eval_progress import EvalProgress, fingerprint, weights_sha256
 from .evaluator import adherence, attribute_distance, frechet_distance, kernel_inception_distance, load_or_train_evaluator
 from .prepare import Preparer
 from .response import gamma_response, response_times
@@ -262,7 +262,7 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         "adherence_real": adherence_real,
         "gamma_response": responses,
         "device": str(device),
-        "teacher_sha256": _teacher_hash(directory),
+        "teacher_sha256": weights_sha256(directory, "teacher"),
         "rows": rows,
     }
     if previous is not None:
@@ -284,19 +284,6 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     return metrics
 
 
-def _teacher_hash(directory: Path) -> str | None:
-    import hashlib
-
-    path = Path(directory) / "teacher" / "model.safetensors"
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _previous_teacher_rows(directory: Path, family: Family, samples: int, repeats: int, e) -> dict:
     """The teacher's rows of the metrics.json in `directory`, checked to be comparable."""
     path = Path(directory) / "metrics.json"
@@ -311,7 +298,7 @@ def _previous_teacher_rows(directory: Path, family: Family, samples: int, repeat
     if not same:
         raise CheckpointError(f"evaluate --reuse-teacher-rows: {path} was evaluated with {old.get('samples_per_row')} samples x {old.get('repeats')} repeats and a "
                               f"{(old.get('reference') or {}).get('steps')}-step reference; this evaluation asks for {samples} x {repeats} and {e.reference_steps}")
-    if old.get("teacher_sha256") not in (None, _teacher_hash(directory)):
+    if old.get("teacher_sha256") not in (None, weights_sha256(directory, "teacher")):
         raise CheckpointError(f"evaluate --reuse-teacher-rows: {path} evaluated another teacher (its weights changed since)")
     rows = {(r["sampler"], r["steps"], float(r["guidance"])): r for r in old.get("rows", []) if r["sampler"].startswith("teacher")}
     text = {(r["sampler"], r["steps"], float(r["guidance"])): r for r in old.get("text_adherence", []) if r["sampler"].startswith("teacher")}

@@ -14,19 +14,20 @@ from pathlib import Path
 
 import torch
 
-from model.autoencoder import build_autoencoder
-from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from model.config_io import ConfigError, to_dict
+from model.autoencoder import AutoencoderConfig, build_autoencoder
+from model.checkpoint import CheckpointError, load_checkpoint, load_tensors, save_checkpoint
+from model.config_io import ConfigError, from_dict, to_dict
 from model.denoiser import Denoiser, gamma_student_from_teacher
 from model.manifest import FamilyInfo, write_family
 from model.checkpoint import save_tensors
 from model.text_encoder import CLIP_ENCODER, ENCODER_NAME
 
+from .autoencoder_stage import autoencoder_loss, latent_statistics, scaled_config
 from .config import Recipe, StageConfig
 from .data import build_dataset, step_generator
 from .distributed import DistEnv
 from .loop import train
-from .losses import distill_loss, stage1_loss, teacher_loss
+from .losses import device_generator, distill_loss, stage1_loss, teacher_loss
 from .precision import enable_gradient_checkpointing, wrapper
 from .prefetch import Prefetcher, batch_seed
 from .prepare import Preparer
@@ -96,6 +97,8 @@ class Chain:
             from .teachers import load_vae_weights
 
             load_vae_weights(self.imported, self.autoencoder)
+        if recipe.autoencoder.kind == "kl":  # trained here, as the first stage; a finished one is reused
+            self._load_trained_autoencoder()
         self.autoencoder = self.autoencoder.to(env.device).eval().requires_grad_(False)
         self.preparer = Preparer(self.dataset, self.autoencoder, TEXT_LEN, env.device, recipe.data.inpaint_prob, text_encoder=text_encoder)
         self.network = self.imported.denoiser.network_config if self.imported else resolve_network(recipe, self.dataset, self.preparer)
@@ -199,7 +202,52 @@ class Chain:
         return self.dataset.batch(size // self.env.world, (data_seed, self.env.rank))
 
     # -- stages -------------------------------------------------------------------
+    def _load_trained_autoencoder(self) -> bool:
+        """Take OUT/autoencoder when an earlier run finished it (with its latent statistics)."""
+        path = self.out / "autoencoder"
+        if not (path / "config.json").exists():
+            return False
+        tensors, meta = load_tensors(path, f"autoencoder of {self.out}")
+        cfg = from_dict(AutoencoderConfig, meta.get("autoencoder", {}), "autoencoder config")
+        unscaled = dataclasses.replace(cfg, scaling_factor=self.recipe.autoencoder.scaling_factor, shift_factor=self.recipe.autoencoder.shift_factor)
+        if unscaled != self.recipe.autoencoder:
+            raise ConfigError(f"{path} was trained with another autoencoder config than the recipe's; remove it or choose another --out")
+        ae = build_autoencoder(cfg)
+        ae.load_state_dict({k: v.float() for k, v in tensors.items()})
+        self.recipe = dataclasses.replace(self.recipe, autoencoder=cfg)
+        self.autoencoder = ae
+        return True
+
+    def _autoencoder_stage(self) -> None:
+        """autoencoder.kind "kl": train the AutoencoderKL first (resumable like every stage), set
+        its shift and scale from its latents, and save it as OUT/autoencoder, which the family,
+        the worker and every later stage decode with."""
+        r, env = self.recipe, self.env
+        if r.autoencoder.kind != "kl" or (self.out / "autoencoder" / "config.json").exists():
+            return
+        ae = build_autoencoder(r.autoencoder).to(env.device)
+        size = r.autoencoder_train.batch_size
+
+        def step(model, step):
+            g = step_generator(r.seed, 0, step, env.rank)
+            batch = self._batch(size, g)
+            return autoencoder_loss(model, batch.x.to(env.device), kl_weight=r.kl_weight, g=device_generator(g, env.device))
+
+        torch.manual_seed(r.seed)
+        ema = train("autoencoder", ae, step, r.autoencoder_train, self.out / ".state" / "autoencoder", env).eval().requires_grad_(False)
+        mean, std = latent_statistics(ema, self.dataset.batch(1024, (777_777, 0)).x.to(env.device))
+        cfg = scaled_config(r.autoencoder, mean, std)
+        if env.is_main:
+            print(f"[fewstep] autoencoder: latents mean {mean:.4f}, std {std:.4f} -> shift_factor {cfg.shift_factor}, scaling_factor {cfg.scaling_factor}", flush=True)
+            save_tensors(self.out / "autoencoder", {k: v.detach().cpu() for k, v in ema.state_dict().items()}, {"autoencoder": to_dict(cfg)})
+            shutil.rmtree(self.out / ".state" / "autoencoder", ignore_errors=True)
+        env.barrier()
+        self._load_trained_autoencoder()
+        self.autoencoder = self.autoencoder.to(env.device).eval().requires_grad_(False)
+        self.preparer.autoencoder = self.autoencoder
+
     def run(self) -> None:
+        self._autoencoder_stage()
         r = self.recipe
         p = self.preparer
 

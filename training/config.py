@@ -64,6 +64,7 @@ class EvalConfig:
     reference_steps: int = 128
     stage1_steps: int = 64  # the stage-1 student's own DDIM: the ceiling of the distilled students (0: no row)
     repeats: int = 3  # independent seed sets per row: the spread is their std (ddof = 1)
+    students: tuple[int, ...] = ()  # step counts of the students evaluated, deterministic and stochastic (empty: every one)
     evaluator_steps: int = 600  # training steps of the feature/attribute network
 
 
@@ -73,6 +74,8 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     network: dict = field(default_factory=dict)  # backbone fields; data-dependent ones are filled in
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    autoencoder_train: StageConfig = field(default_factory=StageConfig)  # autoencoder.kind "kl": its first stage (training/autoencoder_stage.py)
+    kl_weight: float = 1e-6  # that stage's KL term, against the reconstruction's MSE + L1
     guidance_range: tuple[float, float] = (0.0, 4.0)
     gamma_embed_dim: int = 32
     gamma_pathway: str = "embedding"  # where gamma enters the student (model/networks.py)
@@ -115,9 +118,10 @@ class Recipe:
             raise ConfigError(f"gamma_extrapolate may hold {GAMMA_EXTRAPOLATE}, got {list(self.gamma_extrapolate)}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.autoencoder.kind == "kl":
-            raise ConfigError("autoencoder.kind 'kl': fewstep does not train an autoencoder yet, and a random one would make the "
-                              "latents meaningless; train in pixel space (autoencoder.kind 'identity')")
+        if self.autoencoder.kind == "kl" and self.data.kind == "toy2d":
+            raise ConfigError("autoencoder.kind 'kl' encodes images; the toy2d data are points (leave autoencoder.kind 'identity')")
+        if not self.kl_weight >= 0:
+            raise ConfigError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if self.student_prediction not in ("teacher", "epsilon", "v_prediction", "sample"):
             raise ConfigError(f"student_prediction must be 'teacher', 'epsilon', 'v_prediction' or 'sample', got {self.student_prediction!r}")
         if self.weighting not in ("snr+1", "truncated-snr"):

@@ -53,9 +53,11 @@ class Preparer:
         context = None
         if self.is_image and self.dataset.has_inpainting:
             use_mask = (torch.rand(n, generator=g) < self.p_inpaint) if g is not None and self.p_inpaint else torch.zeros(n, dtype=torch.bool)
-            masks = torch.where(use_mask[:, None, None], batch.masks, torch.ones_like(batch.masks)) if batch.masks is not None else torch.ones(n, self.dataset.resolution, self.dataset.resolution)
-            with torch.no_grad():
-                context = encode_inpaint_context(self.autoencoder, batch.x.to(self.device), masks.to(self.device))
+            context = self.plain_context(n)  # nothing kept; only the masked rows' kept parts are encoded
+            if batch.masks is not None and use_mask.any():
+                rows = use_mask.nonzero()[:, 0]
+                with torch.no_grad():
+                    context[rows.to(self.device)] = encode_inpaint_context(self.autoencoder, batch.x[rows].to(self.device), batch.masks[rows].to(self.device))
         cond = Cond(labels=labels, text=text, text_mask=text_mask, context=context)
         if g is not None and (p_uncond or p_drop_each):
             uncond = torch.rand(n, generator=g) < p_uncond
@@ -67,8 +69,21 @@ class Preparer:
         return cond
 
     def x(self, batch: Batch) -> torch.Tensor:
+        if not self.is_image:
+            return batch.x.to(self.device)
         with torch.no_grad():
-            return self.autoencoder.encode(batch.x.to(self.device)) if self.is_image else batch.x.to(self.device)
+            if self.autoencoder.cfg.kind != "identity" and batch.index is not None and hasattr(self.dataset, "images"):
+                return self._latents()[batch.index.to(self.device)]
+            return self.autoencoder.encode(batch.x.to(self.device))
+
+    def _latents(self) -> torch.Tensor:
+        """Every image of an in-memory dataset encoded once, in chunks of ENCODE_ROWS (the same
+        chunks on every run, so a resumed run sees the same latents); redone when the
+        autoencoder changes (the latent recipe trains it first)."""
+        if getattr(self, "_latent_cache", (None, None))[0] is not self.autoencoder:
+            z = torch.cat([self.autoencoder.encode(c.to(self.device)) for c in self.dataset.images.split(ENCODE_ROWS)])
+            self._latent_cache = (self.autoencoder, z)
+        return self._latent_cache[1]
 
     def plain_context(self, n: int) -> torch.Tensor | None:
         if not (self.is_image and self.dataset.has_inpainting):

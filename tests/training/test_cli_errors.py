@@ -129,9 +129,9 @@ def test_sample_rejects_gamma_outside_the_trained_range_and_missing_students(qui
     assert (tmp_path / "s.png").stat().st_size > 0
 
 
-def test_a_kl_autoencoder_recipe_is_refused_with_a_reason(tmp_path):
+def test_a_kl_autoencoder_without_its_widths_is_refused_with_a_reason(tmp_path):
     out = tmp_path / "family"
     proc = cli("run", "quick", "--out", out, "--set", "autoencoder.kind=kl", check=False)
     assert proc.returncode == 2
-    assert "does not train an autoencoder" in proc.stderr
+    assert "needs block_out_channels" in proc.stderr
     assert not out.exists()

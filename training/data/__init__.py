@@ -14,6 +14,7 @@ class Batch:
     captions: list[str] | None = None
     attrs: torch.Tensor | None = None  # (B, A) attribute ids (-1: not asked / unknown)
     masks: torch.Tensor | None = None  # (B, H, W) inpainting masks, 1 = repaint
+    index: torch.Tensor | None = None  # (B,) rows of dataset.images, for data held in memory (latents are cached by it)
 
 
 @dataclass

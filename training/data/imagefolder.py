@@ -96,4 +96,5 @@ class ImageFolderDataset:
             captions=[self.captions[i] for i in idx] if self.captions else None,
             attrs=labels[:, None].clone() if labels is not None else None,
             masks=random_box_masks(size, self.resolution, g),
+            index=idx,
         )

@@ -12,6 +12,7 @@ sets of the same size, with its spread. Students also report their gamma respons
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from .config import Recipe
 from .data import build_dataset, random_box_masks
 from .edits import evaluate_edits
 from .eval_progress import EvalProgress, fingerprint, weights_sha256
-from .evaluator import adherence, attribute_distance, frechet_distance, kernel_inception_distance, load_or_train_evaluator
+from .evaluator import adherence, attribute_distance, frechet_distance, kernel_inception_distance, load_or_train_evaluator, top_k
 from .prepare import Preparer
 from .response import gamma_response, response_times
 
@@ -119,8 +120,9 @@ def sampler_plan(recipe: Recipe, family: Family) -> list[tuple[str, int]]:
     plan += [("teacher-dpmpp2m", n) for n in e.dpm_steps]
     if "stage1" in family.info.checkpoints and e.stage1_steps:
         plan.append(("stage1", e.stage1_steps))
-    plan += [("distilled", n) for n in sorted(family.info.distilled_steps, reverse=True)]
-    plan += [("distilled-stochastic", n) for n in sorted(family.info.stochastic_steps, reverse=True)]
+    wanted = lambda n: not e.students or n in e.students  # noqa: E731
+    plan += [("distilled", n) for n in sorted(family.info.distilled_steps, reverse=True) if wanted(n)]
+    plan += [("distilled-stochastic", n) for n in sorted(family.info.stochastic_steps, reverse=True) if wanted(n)]
     return plan
 
 
@@ -171,6 +173,8 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     mode = evaluation_mode(family, dataset)
     evaluator = load_or_train_evaluator(directory, dataset, e.evaluator_steps, preparer.text_encoder if mode == "free-text" else None)
     sets = [EvalSet(dataset, preparer, samples, r, mode) for r in range(repeats)]
+    held = held_out_dataset(recipe) if mode == "free-text" else None
+    names = CaptionIndex(dataset, held, preparer, evaluator) if mode == "free-text" and evaluator.has_text else None
     shape = _z_shape(family)
     started = time.time()
     settings = {"evaluation": to_dict(e), "samples": samples, "repeats": repeats, "data": to_dict(recipe.data), "version": 1}
@@ -193,7 +197,7 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         floor_attr[dataset.attributes[a].name] = summary([attribute_distance(f[:, a], real_pred[r % repeats][:, a], k) for r, f in enumerate(floor_pred)])
     responses = _responses(family, recipe, sets[0], preparer)
     if mode == "free-text":  # the evaluator's own ceiling: adherence of the real images
-        adherence_real = evaluator.retrieval(sets[0].real, sets[0].cond.text, sets[0].cond.text_mask, sets[0].captions) if evaluator.has_text else None
+        adherence_real = names.top(sets[0].real, sets[0].captions)[1] if names is not None else None
     else:
         adherence_real = adherence(real_pred[0], sets[0].asked) if sets[0].asked is not None else None
 
@@ -217,6 +221,8 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
                 saved = progress.tensors(f"reference-{gamma}") if previous is not None else None
                 references = (saved if saved is not None and len(saved) == len(sets) else [None] * len(sets)) if previous is not None else _references(progress, family, e, gamma, sets, shape)
             cells: dict[str, list] = {"fid": [], "kid": [], "adherence": [], "rmse_to_reference": []}
+            if names is not None:
+                cells["adherence_top1"] = []
             attr_tv: dict[str, list] = {dataset.attributes[a].name: [] for a in other_attrs}
             for r, s in enumerate(sets):
                 x = references[r] if (sampler, steps) == ("teacher-ddim", e.reference_steps) else generate(family, sampler, steps, gamma, s, e.batch_size, shape)
@@ -224,7 +230,10 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
                 cells["fid"].append(frechet_distance(feats, real_feats[r]))
                 cells["kid"].append(kernel_inception_distance(feats, real_feats[r]))
                 if mode == "free-text":
-                    cells["adherence"].append(evaluator.retrieval(x, s.cond.text, s.cond.text_mask, s.captions) if evaluator.has_text else None)
+                    top1, top5 = names.top(x, s.captions) if names is not None else (None, None)
+                    cells["adherence"].append(top5)
+                    if names is not None:
+                        cells["adherence_top1"].append(top1)
                 else:
                     predicted = evaluator.classify(x)
                     cells["adherence"].append(adherence(predicted, s.asked) if s.asked is not None else None)
@@ -258,7 +267,7 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         "kid_real_vs_real_std": kid_floor_std,
         "attribute_tv_real_vs_real": floor_attr,
         "conditioning": mode,
-        "adherence_measure": "caption retrieval among 8" if mode == "free-text" else "asked attributes found by the evaluator",
+        "adherence_measure": f"top-5 retrieval of the own caption among all {len(names.names)} names (adherence_top1: top-1)" if names is not None else "asked attributes found by the evaluator",
         "adherence_real": adherence_real,
         "gamma_response": responses,
         "device": str(device),
@@ -271,6 +280,15 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
         if "edits" not in progress:
             progress.put("edits", finite(_edits(family, dataset, sets[0], mode, min(256, samples))))
         metrics["edits"] = progress.get("edits")
+    if family.info.autoencoder.get("kind", "identity") != "identity":  # the latent floor: real images through the autoencoder
+        if "autoencoder_round_trip" not in progress:
+            progress.put("autoencoder_round_trip", finite(_round_trip(family, evaluator, floor_sets, real_feats, e.batch_size)))
+        metrics["autoencoder_round_trip"] = progress.get("autoencoder_round_trip")
+    if names is not None:
+        if "caption_retrieval" not in progress:
+            progress.put("caption_retrieval", finite(_caption_retrieval(family, dataset, held, preparer, names, recipe, samples, shape)))
+        metrics["caption_retrieval"] = progress.get("caption_retrieval")
+        metrics["caption_names"] = {"all": len(names.names), "held_out": len(names.names) - names.seen}
     if mode == "class" and dataset.has_text and family.info.text_encoder and hasattr(dataset, "held_out_combos"):
         if "text_adherence" not in progress:
             reused = previous["text_adherence"] if previous is not None else None
@@ -409,6 +427,76 @@ def _text_adherence(family, dataset, preparer, evaluator, recipe, samples, shape
                 row[split] = adherence(evaluator.classify(x), s.asked)
             out.append(row)
             print(f"[evaluate] text gamma={gamma:<4} {sampler:14s} steps={steps:<3} seen={row['seen']:.3f} held_out={row['held_out']:.3f}", flush=True)
+    return out
+
+
+class CaptionIndex:
+    """Every caption the family is asked with (the training names, then the held-out ones) in
+    the evaluator's joint space: adherence to free text is the retrieval of an image's own
+    caption among all of them (top-1 and top-5), as a user who names an emoji expects it."""
+
+    def __init__(self, dataset, held, preparer: Preparer, evaluator):
+        seen = sorted(set(dataset.captions))
+        self.seen = len(seen)
+        self.names = seen + sorted(set(held.captions) - set(seen)) if held is not None else seen
+        self.position = {c: k for k, c in enumerate(self.names)}
+        text, mask = preparer.text_encoder(self.names)
+        self.space = evaluator.caption_space(text, mask)
+        self.evaluator = evaluator
+
+    def top(self, x: torch.Tensor, captions: list[str]) -> tuple[float, float]:
+        ranks = self.evaluator.ranks(x, self.space, torch.tensor([self.position[c] for c in captions]))
+        return top_k(ranks, 1), top_k(ranks, 5)
+
+
+def held_out_dataset(recipe: Recipe):
+    """The names held out of training (`python -m training data emoji` writes them beside the
+    training folder, as FOLDER/held_out), or None when the data has no such folder."""
+    root = recipe.data.root
+    if recipe.data.kind != "imagefolder" or not root:
+        return None
+    folder = Path(root).parent / "held_out"
+    if Path(root).name != "train" or not (folder / "metadata.jsonl").is_file():
+        return None
+    return build_dataset(dataclasses.replace(recipe.data, root=str(folder)))
+
+
+def _round_trip(family: Family, evaluator, floor_sets: list, real_feats: list, batch_size: int) -> dict:
+    """The autoencoder's floor: independent real images encoded and decoded, against each seed
+    set's real images, as the samplers' images are (a perfect latent generator's FID)."""
+    fid, kid = [], []
+    with torch.no_grad():
+        for r, s in enumerate(floor_sets[: len(real_feats)]):
+            x = torch.cat([family.autoencoder.decode(family.autoencoder.encode(c.to(family.device))).clamp(-1, 1).float().cpu() for c in s.real.split(batch_size)])
+            feats = evaluator.features(x)
+            fid.append(frechet_distance(feats, real_feats[r]))
+            kid.append(kernel_inception_distance(feats, real_feats[r]))
+    out = {}
+    out["fid"], out["fid_std"] = summary(fid)
+    out["kid"], out["kid_std"] = summary(kid)
+    print(f"[evaluate] autoencoder round trip: fid={out['fid']:.3f} kid={out['kid']:.4f}", flush=True)
+    return out
+
+
+def _caption_retrieval(family, dataset, held, preparer, names: CaptionIndex, recipe, samples, shape) -> list[dict]:
+    """Top-1 / top-5 retrieval among all names for prompts of seen and held-out names."""
+    e = recipe.evaluation
+    n = min(samples, 512)
+    sets = {"seen": EvalSet(dataset, preparer, n, 0, "free-text")}
+    if held is not None:
+        sets["held_out"] = EvalSet(held, preparer, n, 0, "free-text")
+    plan = [("real", 0), ("teacher-ddim", 16)] + [("distilled", k) for k in sorted(family.info.distilled_steps, reverse=True) if k in (4, 1)]
+    out = []
+    for gamma in [g for g in e.guidance if g in (0.0, 1.0, 4.0)]:
+        for sampler, steps in plan:
+            if sampler == "real" and gamma != e.guidance[0]:
+                continue
+            row = {"sampler": sampler, "steps": steps, "guidance": None if sampler == "real" else gamma}
+            for split, s in sets.items():
+                x = s.real if sampler == "real" else generate(family, sampler, steps, gamma, s, e.batch_size, shape)
+                row[f"{split}_top1"], row[f"{split}_top5"] = names.top(x, s.captions)
+            out.append(row)
+            print(f"[evaluate] names gamma={row['guidance']} {sampler:14s} steps={steps:<3} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith(("top1", "top5"))), flush=True)
     return out
 
 

@@ -32,11 +32,24 @@ FEATURE_DIM = 64
 JOINT_DIM = 64
 
 
+def stem_depth(resolution: int | None) -> int:
+    """Strided convolutions put in front of the body so that it sees at most 16x16 inputs
+    (64x64 emoji: two), which keeps its cost and receptive field those of the 16x16 case."""
+    k = 0
+    while resolution and resolution > 16 * 2**k:
+        k += 1
+    return k
+
+
 class AttributeNet(nn.Module):
-    def __init__(self, heads: list[int], text_dim: int = 0):
+    def __init__(self, heads: list[int], text_dim: int = 0, stem: int = 0):
         super().__init__()
+        layers: list[nn.Module] = []
+        for k in range(stem):
+            layers += [nn.Conv2d(3 if k == 0 else 32, 32, 3, stride=2, padding=1), nn.GroupNorm(8, 32), nn.SiLU()]
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.SiLU(),
+            *layers,
+            nn.Conv2d(32 if stem else 3, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.SiLU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GroupNorm(8, 64), nn.SiLU(),
             nn.Conv2d(64, 64, 3, padding=1), nn.GroupNorm(8, 64), nn.SiLU(),
             nn.Conv2d(64, FEATURE_DIM, 3, stride=2, padding=1), nn.SiLU(),
@@ -90,19 +103,17 @@ class Evaluator:
         return self.net is not None and self.net.text_dim > 0
 
     @torch.no_grad()
-    def retrieval(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, captions: list[str], candidates: int = 8, seed: int = 0) -> float:
-        """Share of images whose own caption scores highest among `candidates` captions
-        (their own and others drawn from the set, all different from it)."""
-        x = x.float().cpu()
-        img = torch.cat([self.net.image_joint(c) for c in x.split(512)])
-        txt = self.net.text_joint(text.float().cpu(), mask.cpu())
-        g = torch.Generator().manual_seed(seed)
-        n, hits = len(captions), 0
-        for i in range(n):
-            others = [j for j in torch.randperm(n, generator=g).tolist() if captions[j] != captions[i]][: candidates - 1]
-            scores = img[i] @ txt[[i] + others].T
-            hits += int(scores.argmax() == 0)
-        return hits / n
+    def caption_space(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Captions' token states (N, L, D) and masks -> their unit vectors in the joint space."""
+        return self.net.text_joint(text.float().cpu(), mask.cpu())
+
+    @torch.no_grad()
+    def ranks(self, x: torch.Tensor, names: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Rank (0 = best) of each image's own caption `own[i]` (an index into `names`, the
+        caption_space of every name) among all the names, by the joint-space score."""
+        img = torch.cat([self.net.image_joint(c) for c in x.float().cpu().split(512)])
+        scores = img @ names.T
+        return (scores > scores.gather(1, own[:, None])).sum(1)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,13 +126,18 @@ class Evaluator:
         return torch.stack([torch.cat([l[a] for l in logits]).argmax(1) for a in range(len(self.net.heads))], dim=1)
 
 
+def top_k(ranks: torch.Tensor, k: int) -> float:
+    """Share of ranks below k: top-k retrieval accuracy."""
+    return float((ranks < k).float().mean()) if len(ranks) else float("nan")
+
+
 def train_evaluator(dataset, steps: int, seed: int = 1234, text_encoder=None) -> AttributeNet:
     """Attribute heads (cross-entropy) and, with a text encoder, the joint image-caption space
     (symmetric InfoNCE over the batch; captions shared by several images count as matches)."""
     heads = [len(a.values) for a in dataset.attributes]
     text_dim = text_encoder.dim if text_encoder is not None else 0
     torch.manual_seed(seed)
-    net = AttributeNet(heads, text_dim)
+    net = AttributeNet(heads, text_dim, stem_depth(dataset.resolution))
     if not (heads or text_dim) or steps == 0:
         return net.eval()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
@@ -152,18 +168,19 @@ def load_or_train_evaluator(directory: Path, dataset, steps: int, text_encoder=N
     if heads:
         text_encoder = None  # attributes measure adherence; no caption space needed
     text_dim = text_encoder.dim if text_encoder is not None else 0
+    stem = stem_depth(dataset.resolution)
     path = Path(directory) / "evaluator"
     if (path / "config.json").exists():
         try:
             tensors, cfg = load_tensors(path, "evaluator")
-            if cfg.get("heads") == heads and cfg.get("steps") == steps and cfg.get("text_dim", 0) == text_dim:
-                net = AttributeNet(heads, text_dim)
+            if cfg.get("heads") == heads and cfg.get("steps") == steps and cfg.get("text_dim", 0) == text_dim and cfg.get("stem", 0) == stem:
+                net = AttributeNet(heads, text_dim, stem)
                 net.load_state_dict({k: v.float() for k, v in tensors.items()})
                 return Evaluator(net.eval(), dataset)
         except (CheckpointError, RuntimeError):
             pass
     net = train_evaluator(dataset, steps, text_encoder=text_encoder)
-    save_tensors(path, net.state_dict(), {"heads": heads, "steps": steps, "feature_dim": FEATURE_DIM, "text_dim": text_dim})
+    save_tensors(path, net.state_dict(), {"heads": heads, "steps": steps, "feature_dim": FEATURE_DIM, "text_dim": text_dim, "stem": stem})
     return Evaluator(net, dataset)
 
 

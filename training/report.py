@@ -33,6 +33,8 @@ LABELS = {
 }
 ORDER = list(LABELS)
 TARGET_GAMMAS = (0.0, 1.0, 4.0)
+# how much worse (FID) the teacher must be at 8 evaluations than the 4-step student, per family (issues 9 and 16)
+TEACHER_AT_8_FACTOR = {"emoji": 1.5}
 
 
 def _rows(metrics: dict) -> dict:
@@ -92,6 +94,15 @@ def targets(metrics: dict) -> list[tuple[str, bool | None, str]]:
         else:
             out.append((name, bool(ok(a, b)), text(a, b)))
 
+    trip = metrics.get("autoencoder_round_trip")
+    if trip is not None:
+        ref_fids = [r["fid"] for (s, n, _), r in rows.items() if (s, n) == ("teacher-ddim", ref_steps) and r.get("fid") is not None]
+        if trip.get("fid") is None or not ref_fids:
+            out.append(("autoencoder round trip FID <= 25% of the reference's", None, "not measured"))
+        else:
+            best = min(ref_fids)
+            out.append(("autoencoder round trip FID <= 25% of the reference's (its best γ)", trip["fid"] <= 0.25 * best, f"{trip['fid']:.2f}±{trip.get('fid_std') or 0:.2f} vs 0.25 x {best:.2f} = {0.25 * best:.2f} (ratio {trip['fid'] / best:.2f})"))
+    factor = TEACHER_AT_8_FACTOR.get(metrics.get("family"), 1.2)
     responses = metrics.get("gamma_response", {})
     for name, goal in (("stage1", 0.8), ("distilled-4", 0.7)):
         r = responses.get(name)
@@ -114,8 +125,9 @@ def targets(metrics: dict) -> list[tuple[str, bool | None, str]]:
         check(g + "distilled 1-step FID <= 2.5 x reference", get("distilled", 1), ref, lambda a, b: a["fid"] <= 2.5 * b["fid"], lambda a, b: ratio(a, b, 2.5))
         spread = lambda a, b: (a["fid_std"] or 0) + (b["fid_std"] or 0)  # noqa: E731
         for s in ("teacher-ddim", "teacher-dpmpp2m"):
-            check(g + f"{LABELS[s]} 4 steps (8 evals): FID >= 1.2 x distilled 4-step, by more than the spread", get(s, 4), get("distilled", 4), lambda a, b: a["fid"] >= 1.2 * b["fid"] and a["fid"] - b["fid"] > spread(a, b), lambda a, b: ratio(a, b, 1.2) + f", gap {a['fid'] - b['fid']:.2f} vs spread {spread(a, b):.2f}")
-        check(g + "DDIM+CFG 1 step (2 evals): FID >= 3 x distilled 1-step", get("teacher-ddim", 1), get("distilled", 1), lambda a, b: a["fid"] >= 3 * b["fid"], lambda a, b: ratio(a, b, 3))
+            check(g + f"{LABELS[s]} 4 steps (8 evals): FID >= {factor:g} x distilled 4-step, by more than the spread", get(s, 4), get("distilled", 4), lambda a, b: a["fid"] >= factor * b["fid"] and a["fid"] - b["fid"] > spread(a, b), lambda a, b: ratio(a, b, factor) + f", gap {a['fid'] - b['fid']:.2f} vs spread {spread(a, b):.2f}")
+        if any(k[:2] == ("teacher-ddim", 1) for k in rows):
+            check(g + "DDIM+CFG 1 step (2 evals): FID >= 3 x distilled 1-step", get("teacher-ddim", 1), get("distilled", 1), lambda a, b: a["fid"] >= 3 * b["fid"], lambda a, b: ratio(a, b, 3))
         check(g + "stochastic 4-step FID <= deterministic 4-step", get("distilled-stochastic", 4), get("distilled", 4), lambda a, b: a["fid"] <= b["fid"], lambda a, b: f"{a['fid']:.2f}±{a['fid_std'] or 0:.2f} vs {b['fid']:.2f}±{b['fid_std'] or 0:.2f}")
     return out
 
@@ -188,10 +200,62 @@ def sample_grid(directory: Path, path: Path, gamma: float, n: int = 8) -> None:
                 ax.set_ylabel(f"{s.replace('teacher-', '')}\n{k}", fontsize=6, rotation=0, ha="right", va="center")
             if i == 0 and family.info.class_names and ev.cond.labels is not None:
                 ax.set_title(family.info.class_names[int(ev.cond.labels[j])], fontsize=6)
-    fig.suptitle(f"γ = {gamma:g}; same classes and seeds in every row", fontsize=8)
+            elif i == 0 and ev.captions:
+                ax.set_title(_short(ev.captions[j]), fontsize=5)
+    fig.suptitle(f"γ = {gamma:g}; same {'classes' if family.info.class_names else 'prompts'} and seeds in every row", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _short(caption: str, width: int = 16) -> str:
+    name = caption.removeprefix("an emoji of ")
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def guidance_strip(directory: Path, path: Path, n_prompts: int = 6, gammas=(0.0, 1.0, 2.0, 3.0, 4.0), seed: int = 7) -> None:
+    """One seed per prompt at each gamma: the teacher's reference DDIM+CFG beside the 4-step
+    student (a text family's prompts, drawn from its data)."""
+    family = Family(directory)
+    recipe = Recipe.from_json((directory / "recipe.json").read_text())
+    dataset = build_dataset(recipe.data)
+    preparer = Preparer.for_family(dataset, family, "cpu")
+    ev = EvalSet(dataset, preparer, n_prompts, 515_151, evaluation_mode(family, dataset))
+    shape = _z_shape(family)
+    plan = [("teacher-ddim", recipe.evaluation.reference_steps)] + ([("distilled", 4)] if 4 in family.info.distilled_steps else [])
+    fig, axes = plt.subplots(n_prompts, len(plan) * len(gammas), figsize=(len(plan) * len(gammas) * 0.9 + 1.8, n_prompts * 0.95), squeeze=False)
+    for p, (s, k) in enumerate(plan):
+        for q, gamma in enumerate(gammas):
+            denoise, fn = denoiser_for(family, s, k, gamma)
+            noise = SeededNoise([seed] * n_prompts)
+            with torch.no_grad():
+                x = family.autoencoder.decode(fn(denoise, noise.randn(shape), ev.cond, grid=time_grid(k), noise=noise)).clamp(-1, 1)
+            for j in range(n_prompts):
+                ax = axes[j][p * len(gammas) + q]
+                ax.imshow(((x[j].permute(1, 2, 0) + 1) / 2).numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_title(f"{s.replace('teacher-', '')} {k}\nγ={gamma:g}", fontsize=5)
+                if p == q == 0:
+                    ax.set_ylabel(_short(ev.captions[j]) if ev.captions else "", fontsize=5, rotation=0, ha="right", va="center")
+    fig.suptitle("one seed per prompt, γ from 0 to 4", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def retrieval_table(metrics: dict) -> str:
+    rows = metrics.get("caption_retrieval") or []
+    if not rows:
+        return ""
+    splits = [k[: -len("_top1")] for k in rows[0] if k.endswith("_top1")]
+    out = ["| sampler | steps | γ | " + " | ".join(f"{sp.replace('_', '-')} top-1 | {sp.replace('_', '-')} top-5" for sp in splits) + " |", "|---|---|---|" + "---|---|" * len(splits)]
+    for r in rows:
+        label = "real images" if r["sampler"] == "real" else LABELS[r["sampler"]]
+        cells = " | ".join(f"{_pm(r.get(sp + '_top1'), None, '.3f')} | {_pm(r.get(sp + '_top5'), None, '.3f')}" for sp in splits)
+        out.append(f"| {label} | {r['steps'] or ''} | {'' if r['guidance'] is None else format(r['guidance'], 'g')} | {cells} |")
+    return "\n".join(out)
 
 
 def write_report(directory: Path, out: Path) -> Path:
@@ -205,6 +269,9 @@ def write_report(directory: Path, out: Path) -> Path:
     grids = [g for g in gammas if g in (0.0, 1.0, 4.0)] or gammas[:1]
     for g in grids:
         sample_grid(directory, out / f"{name}-samples-gamma{g:g}.png", g)
+    strip = bool(metrics.get("caption_retrieval"))
+    if strip:
+        guidance_strip(directory, out / f"{name}-guidance-strip.png")
     floor = f"FID {_pm(metrics['fid_real_vs_real'], metrics.get('fid_real_vs_real_std'), '.2f')}"
     if metrics.get("kid_real_vs_real") is not None:
         floor += f", KID {_pm(metrics['kid_real_vs_real'], metrics.get('kid_real_vs_real_std'), '.3g')}"
@@ -219,6 +286,12 @@ def write_report(directory: Path, out: Path) -> Path:
         f"Adherence: {metrics.get('adherence_measure', 'asked attributes found by the evaluator')}"
         + (f" (real images: {metrics['adherence_real']:.3f})." if metrics.get("adherence_real") is not None else "."),
         "",
+    ]
+    trip = metrics.get("autoencoder_round_trip")
+    if trip:
+        lines += [f"Latent family: its autoencoder's own floor (independent real images encoded and decoded, against the real sets) is FID {_pm(trip.get('fid'), trip.get('fid_std'), '.2f')}, "
+                  f"KID {_pm(trip.get('kid'), trip.get('kid_std'), '.3g')}: no latent sampler can score below it.", ""]
+    lines += [
         "## Table (cells: FID / KID / adherence / RMSE to reference)",
         "",
         "RMSE to the reference is left empty for stochastic rows: their fresh noise makes a per-sample distance meaningless."
@@ -256,12 +329,18 @@ def write_report(directory: Path, out: Path) -> Path:
     ]
     for t, ok, text in targets(metrics):
         lines.append(f"| {t} | {'met' if ok else ('missed' if ok is False else '–')} | {text} |")
+    retrieval = retrieval_table(metrics)
+    if retrieval:
+        lines += ["", "## Caption retrieval: seen vs held-out names", "", f"Top-1 and top-5 retrieval of the prompt's own caption among all {metrics.get('caption_names', {}).get('all', '?')} names "
+                  f"({metrics.get('caption_names', {}).get('held_out', '?')} of them held out), by the evaluator's joint image-caption space; held-out names never appeared in training, but each of their words did.", "", retrieval]
     if metrics.get("text_adherence"):
         lines += ["", "## Prompt adherence: seen vs held-out shape/colour pairs", "", "| sampler | steps | γ | seen | held out |", "|---|---|---|---|---|"]
         for r in metrics["text_adherence"]:
             lines.append(f"| {LABELS[r['sampler']]} | {r['steps']} | {r['guidance']:g} | {r['seen']:.3f} | {r['held_out']:.3f} |")
     lines += ["", "## Figures", "", f"![FID against evaluations]({name}-fid-vs-evals.png)", "", f"![FID against adherence]({name}-fid-vs-adherence.png)", ""]
     lines += [f"![samples at gamma {g:g}]({name}-samples-gamma{g:g}.png)\n" for g in grids]
+    if strip:
+        lines.append(f"![guidance strip]({name}-guidance-strip.png)\n")
     path = out / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path

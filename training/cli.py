@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("dir", type=Path)
     ex.add_argument("--to", required=True, type=Path, dest="dest")
     ex.add_argument("--dtype", default="float16")
+    ex.add_argument("--data-root", default=None, help="name the training data's folder so in the copy (for example a relative path), instead of where it lay when the family was trained")
+    ex.add_argument("--keep", default=None, help="comma-separated checkpoints to copy (e.g. distilled-4,distilled-1), for a smaller family; default: the teacher, stage 1 and every student")
     ex.add_argument("--max-steps", type=int, default=8)
     ex.add_argument("--name", help="the family's name in the copy (default: the recipe's); two served families may not share one")
     ex.add_argument("--no-diffusers", action="store_true", help="do not also write the students' U-Nets in the diffusers layout (DEST/diffusers/)")
@@ -151,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from .export import export_family
 
-            print(f"wrote {export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps, name=args.name, diffusers=not args.no_diffusers)}")
+            only = args.keep.split(",") if args.keep else None
+            written = export_family(args.dir, args.dest, dtype=args.dtype, max_steps=args.max_steps, name=args.name, diffusers=not args.no_diffusers, only=only, data_root=args.data_root)
+            print(f"wrote {written}")
             return 0
         if args.command == "response":
             from .evaluate import responses

@@ -8,6 +8,7 @@ brought: its autoencoder (in `dtype`), text encoder and tokenizer. No training s
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import replace
@@ -22,11 +23,15 @@ from model.manifest import read_family, write_family
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8, name: str | None = None, diffusers: bool = True, note=print) -> Path:
+def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: int = 8, name: str | None = None, diffusers: bool = True, only: list[str] | None = None, data_root: str | None = None, note=print) -> Path:
     """`name`: the family's name in the copy (default: the recipe's), as the service and its
     requests' `model` field know it. `diffusers`: also write each student's U-Net in the
     diffusers layout under DEST/diffusers/ (training/diffusers_export.py); `note` hears which
-    students could not be."""
+    students could not be. `only`: the checkpoints to copy (a servable family needs at least one
+    deterministic student; without stage 1, img2img between grid points opens with the student
+    itself, and without the teacher the copy cannot be evaluated again). `data_root`: the
+    training data's folder as the copy names it (a path on the machine that trained it means
+    nothing on another one), in family.json, recipe.json, metrics.json and every checkpoint."""
     src, dest = Path(src), Path(dest)
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
@@ -39,13 +44,24 @@ def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: i
         name: c for name, c in info.checkpoints.items()
         if c["role"] in ("teacher", "stage1", "stochastic") or (c["role"] == "distilled" and c["steps"] <= max_steps)
     }
+    if only is not None:
+        unknown = sorted(set(only) - set(info.checkpoints))
+        if unknown:
+            raise ValueError(f"--keep: {src} has no checkpoint {', '.join(unknown)}; it has {', '.join(sorted(info.checkpoints))}")
+        keep = {k: c for k, c in info.checkpoints.items() if k in only}
+        if not any(c["role"] == "distilled" for c in keep.values()):
+            raise ValueError("--keep: a servable family needs at least one distilled student (distilled-N)")
+    old_root = (info.data or {}).get("root")
+    rename = (lambda v: _renamed(v, old_root, data_root)) if data_root is not None and old_root else (lambda v: v)  # noqa: E731
+    if data_root is not None:
+        info = replace(info, data=rename(info.data))
     with atomic_dir(dest) as tmp:
         for name in keep:
             tensors, config = load_tensors(src / name, f"checkpoint {src / name}")
-            save_tensors(tmp / name, tensors, dict(config, dtype=dtype), DTYPES[dtype])
+            save_tensors(tmp / name, tensors, rename(dict(config, dtype=dtype)), DTYPES[dtype])
         for extra in ("recipe.json", "metrics.json"):
             if (src / extra).is_file():
-                shutil.copy2(src / extra, tmp / extra)
+                (tmp / extra).write_text(json.dumps(rename(json.loads((src / extra).read_text())), indent=2) + "\n")
         if (src / "autoencoder").is_dir():
             tensors, config = load_tensors(src / "autoencoder", f"autoencoder of {src}")
             save_tensors(tmp / "autoencoder", tensors, config, DTYPES[dtype])
@@ -56,6 +72,15 @@ def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: i
             _diffusers_students(tmp, keep, info.guidance_range, DTYPES[dtype], note)
         write_family(tmp, replace(info, checkpoints=keep))
     return dest
+
+
+def _renamed(value, old: str, new: str):
+    """`value` (JSON data) with every string equal to `old` replaced by `new`."""
+    if isinstance(value, dict):
+        return {k: _renamed(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, old, new) for v in value]
+    return new if value == old else value
 
 
 def _diffusers_students(family: Path, keep: dict, guidance_range, dtype: torch.dtype, note) -> None:

@@ -63,3 +63,17 @@ def test_export_names_the_family_and_the_service_refuses_two_of_one_name(quick_r
         discover(models)
     bad = cli("export", quick_run, "--to", tmp_path / "x", "--name", "../evil", check=False)
     assert bad.returncode == 2 and "--name" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_export_keeps_only_the_checkpoints_asked_for_and_the_copy_serves(quick_run, tmp_path):
+    dest = tmp_path / "small"
+    cli("export", quick_run, "--to", dest, "--keep", "distilled-4,distilled-1,stochastic-4", "--no-diffusers")
+    info = json.loads((dest / "family.json").read_text())
+    assert set(info["checkpoints"]) == {"distilled-4", "distilled-1", "stochastic-4"}
+    assert not (dest / "teacher").exists() and not (dest / "stage1").exists()
+    pipe = Pipeline(Family(dest), fixed_batch=4)
+    image = pipe.generate([Request(seed=0, guidance=1.0, class_label=0, image=torch.zeros(3, 8, 8), strength=0.7)], steps=4)  # img2img off the grid, without stage 1
+    assert image.shape == (1, 3, 8, 8) and torch.isfinite(image).all()
+    for keep, why in (("distilled-3", "no checkpoint distilled-3"), ("teacher,stage1", "at least one distilled student")):
+        bad = cli("export", quick_run, "--to", tmp_path / "x", "--keep", keep, check=False)
+        assert bad.returncode == 2 and why in bad.stderr and not (tmp_path / "x").exists()

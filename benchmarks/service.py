@@ -32,28 +32,33 @@ from service.testing import RedisServer, Service
 PROMPTS = ["a red circle", "a green square", "a blue cross", "a yellow triangle", "a red square on a black background"]
 
 
-def body(k: int, steps: int) -> dict:
+EMOJI_PROMPTS = ["an emoji of red apple", "an emoji of grinning face", "an emoji of rocket", "an emoji of snowflake", "an emoji of black cat"]
+
+
+def body(k: int, steps: int, model: str = "shapes") -> dict:
+    if model != "shapes":
+        return {"model": model, "prompt": EMOJI_PROMPTS[k % len(EMOJI_PROMPTS)], "steps": steps, "seed": k, "guidance": 1.0}
     if k % 2:
-        return {"class_label": k % 14, "steps": steps, "seed": k, "guidance": 1.0}
-    return {"prompt": PROMPTS[k % len(PROMPTS)], "steps": steps, "seed": k, "guidance": 1.0}
+        return {"model": model, "class_label": k % 14, "steps": steps, "seed": k, "guidance": 1.0}
+    return {"model": model, "prompt": PROMPTS[k % len(PROMPTS)], "steps": steps, "seed": k, "guidance": 1.0}
 
 
-def path(k: int) -> str:
-    return "/v1/generate" if k % 2 else "/v1/txt2img"
+def path(k: int, model: str = "shapes") -> str:
+    return "/v1/generate" if k % 2 and model == "shapes" else "/v1/txt2img"
 
 
-async def overhead(client: httpx.AsyncClient, steps: int, n: int) -> dict:
-    e2e, model = [], []
+async def overhead(client: httpx.AsyncClient, steps: int, n: int, model: str = "shapes") -> dict:
+    e2e, model_s = [], []
     for k in range(n + 3):
         start = time.perf_counter()
-        r = await client.post(path(k), json=body(k, steps))
+        r = await client.post(path(k, model), json=body(k, steps, model))
         elapsed = time.perf_counter() - start
         r.raise_for_status()
         if k >= 3:  # the first few warm the caches (prompts, allocator)
             e2e.append(elapsed)
-            model.append(r.json()["model_seconds"])
-    e2e_ms, model_ms = statistics.median(e2e) * 1000, statistics.median(model) * 1000
-    return {"steps": steps, "e2e_ms": e2e_ms, "model_ms": model_ms, "overhead": e2e_ms / model_ms - 1}
+            model_s.append(r.json()["model_seconds"])
+    e2e_ms, model_ms = statistics.median(e2e) * 1000, statistics.median(model_s) * 1000
+    return {"steps": steps, "e2e_ms": e2e_ms, "model_ms": model_ms, "overhead": e2e_ms / model_ms - 1, "model": model}
 
 
 async def throughput(client: httpx.AsyncClient, concurrency: int, duration: float, steps: int = 4) -> dict:
@@ -92,7 +97,9 @@ async def run(url: str, n: int, duration: float) -> dict:
         http_ms = await healthz(client)
         over = [await overhead(client, steps, n) for steps in (1, 2, 4, 8)]
         thru = [await throughput(client, c, duration) for c in (1, 16)]
-    return {"http_ms": http_ms, "over": over, "thru": thru}
+        models = {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
+        emoji = await overhead(client, 4, n, "emoji") if "emoji" in models else None
+    return {"http_ms": http_ms, "over": over, "thru": thru, "emoji": emoji}
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -157,7 +164,15 @@ def costs(repeats: int = 20) -> dict:
     z = torch.randn(16, 3, side, side)
     with torch.no_grad():
         decode = _median_ms(lambda: family.autoencoder.decode(z), repeats) / 16
-    return {"text_new_ms": one, "text_new_per_image_ms": sixteen, "text_cached_ms": cached, "png_ms": png, "decode_per_image_ms": decode, "autoencoder": family.info.autoencoder.get("kind", "identity")}
+    out = {"text_new_ms": one, "text_new_per_image_ms": sixteen, "text_cached_ms": cached, "png_ms": png, "decode_per_image_ms": decode, "autoencoder": family.info.autoencoder.get("kind", "identity")}
+    if (BUILTIN_DIR / "emoji" / "family.json").is_file():  # the latent family's autoencoder, both ways
+        latent = Family(BUILTIN_DIR / "emoji")
+        ae, side = latent.autoencoder, latent.info.resolution
+        images, zs = torch.rand(16, 3, side, side) * 2 - 1, torch.randn(16, ae.cfg.latent_channels, side // ae.cfg.downsample, side // ae.cfg.downsample)
+        with torch.no_grad():
+            out["emoji_decode_per_image_ms"] = _median_ms(lambda: ae.decode(zs), max(3, repeats // 4)) / 16
+            out["emoji_encode_per_image_ms"] = _median_ms(lambda: ae.encode(images), max(3, repeats // 4)) / 16
+    return out
 
 
 def _service_lines(label: str, r: dict) -> list[str]:
@@ -166,6 +181,10 @@ def _service_lines(label: str, r: dict) -> list[str]:
     lines += [f"| {o['steps']} | {o['e2e_ms']:.1f} | {o['model_ms']:.1f} | {o['e2e_ms'] - o['model_ms']:.1f} | {100 * o['overhead']:.1f}% |" for o in r["over"]]
     lines += ["", "| concurrency | images/s | p50 latency (ms) | requests |", "|---|---|---|---|"]
     lines += [f"| {t['concurrency']} | {t['images_per_s']:.1f} | {t['p50_ms']:.0f} | {t['requests']} |" for t in r["thru"]]
+    if r.get("emoji"):
+        e = r["emoji"]
+        lines += ["", f"The `emoji` family (64x64, latent 8x8x4, decoded by its autoencoder in the worker), one 4-step text-to-image request at a time: "
+                  f"{e['e2e_ms']:.1f} ms end to end, {e['model_ms']:.1f} ms of model time (sampling and decoding), {e['e2e_ms'] - e['model_ms']:.1f} ms beside it."]
     return lines + [""]
 
 
@@ -175,7 +194,10 @@ def report(table: list[dict], cost: dict, eager: dict, compiled: dict) -> str:
     lines += ["", "## Costs beside the network", "",
               f"- text encoder, a prompt not in the cache: {cost['text_new_ms']:.1f} ms for one request, {cost['text_new_per_image_ms']:.2f} ms per image in a batch of 16; a cached prompt {cost['text_cached_ms']:.2f} ms",
               f"- PNG encoding with its settings chunks: {cost['png_ms']:.2f} ms per image",
-              f"- autoencoder ({cost['autoencoder']}): decode {cost['decode_per_image_ms']:.3f} ms per image", "",
+              f"- autoencoder ({cost['autoencoder']}): decode {cost['decode_per_image_ms']:.3f} ms per image"]
+    if "emoji_decode_per_image_ms" in cost:
+        lines.append(f"- the `emoji` family's AutoencoderKL (64x64 <-> 8x8x4), in a batch of 16: decode {cost['emoji_decode_per_image_ms']:.2f} ms, encode (img2img, inpainting) {cost['emoji_encode_per_image_ms']:.2f} ms per image")
+    lines += ["",
               "## The service, eager and compiled", ""]
     lines += _service_lines("eager (FEWSTEP_COMPILE=0)", eager) + _service_lines("compiled (the default)", compiled)
     e16, c16 = eager["thru"][-1]["images_per_s"], compiled["thru"][-1]["images_per_s"]

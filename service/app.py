@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
     if not redis_url:
         raise ValueError("no Redis: set REDIS_URL, or run `python -m service`, which starts an embedded one")
     workers = settings.workers if workers is None else workers
-    registry = Registry(settings.models_dir, settings.default_model)
+    registry = Registry(settings.models_dir, settings.default_model, settings.default_text_model)
     client, waiter = connect(redis_url), connect(redis_url, blocking=True)
     state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter), workers=workers)
 

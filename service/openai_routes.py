@@ -81,7 +81,7 @@ async def _stream(request: Request, state: StateDep, job: Job, partial_images: i
 
 @router.post("/generations")
 async def generations(body: OpenAIGenerationBody, request: Request, state: StateDep):
-    info = state.registry.info(body.model)
+    info = state.registry.info(body.model, prompt=True)
     _check_format(body.response_format)
     _check_size(body.size, info)
     fields = body.model_dump(exclude={"size", "response_format", "output_format", "stream", "partial_images"})
@@ -121,7 +121,7 @@ async def edits(
     partial_images: int | None = Form(None, ge=0, le=3),
 ):
     s = state.settings
-    info = state.registry.info(model)
+    info = state.registry.info(model, prompt=True)
     _check_format(response_format)
     _check_size(size, info)
     picture = await _read_upload(image, "image", s.max_image_bytes, s.max_image_side)

@@ -31,7 +31,9 @@ def discover(models_dir: Path | None) -> dict[str, Path]:
 
 
 class Registry:
-    def __init__(self, models_dir: Path | None, default: str):
+    def __init__(self, models_dir: Path | None, default: str, default_text: str | None = None):
+        """`default`: the family of a request that names none; `default_text`: that of a
+        request that names none and asks by prompt (when it is present; else `default`)."""
         self.paths = discover(models_dir)
         self.infos: dict[str, FamilyInfo] = {name: read_family(path) for name, path in self.paths.items()}
         for name, info in self.infos.items():
@@ -40,9 +42,11 @@ class Registry:
         if default not in self.infos:
             raise UnknownModel(f"default model {default!r} not found; have {sorted(self.infos)}")
         self.default = default
+        self.default_text = default_text if default_text in self.infos and self.infos[default_text].text_encoder else default
 
-    def info(self, name: str | None) -> FamilyInfo:
-        name = name or self.default
+    def info(self, name: str | None, prompt: bool = False) -> FamilyInfo:
+        """The named family, or the default one: for a prompt (and no class), the text default."""
+        name = name or (self.default_text if prompt else self.default)
         if name not in self.infos:
             raise UnknownModel(f"model {name!r} not found; available: {sorted(self.infos)}")
         return self.infos[name]
@@ -67,6 +71,7 @@ class Registry:
                     "created": 0,
                     "owned_by": "fewstep",
                     "default": name == self.default,
+                    "default_for": [k for k, d in (("class", self.default), ("prompt", self.default_text)) if d == name],
                     "conditioning": kinds,
                     "class_names": info.class_names,
                     "steps": info.distilled_steps,

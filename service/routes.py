@@ -35,13 +35,18 @@ v1 = APIRouter(prefix="/v1", dependencies=[KeyChecked])
 IMAGE_RESPONSES = {200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "JSON with base64 `images`, or the image itself with `Accept: image/png`"}}
 
 
+def by_prompt(body: Sampling) -> bool:
+    """Asked by prompt and not by class: a request naming no model goes to the text default."""
+    return getattr(body, "prompt", None) is not None and getattr(body, "class_label", None) is None
+
+
 async def _sync(request: Request, state: StateDep, endpoint: str, body: Sampling) -> Response:
     fmt = wanted_image_type(request)
     if fmt is not None:
         if body.n != 1:
             raise HTTPException(406, f"Accept: image/{fmt} returns one image; ask for n=1 or accept application/json")
         body.format = fmt
-    job = build_job(endpoint, body, state.registry.info(body.model), state.settings, deadline_s=state.settings.request_timeout_s)
+    job = build_job(endpoint, body, state.registry.info(body.model, prompt=by_prompt(body)), state.settings, deadline_s=state.settings.request_timeout_s)
     return render(await run_job(request, state, job), fmt)
 
 
@@ -81,7 +86,7 @@ async def create_job(body: JobBody, request: Request, state: StateDep) -> JSONRe
         errors = [{"loc": ["body", "request", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_context=False)]
         return JSONResponse({"detail": errors}, status_code=422)
     webhook = check_webhook(body.webhook, state.settings) if body.webhook is not None else None
-    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True, job_id=job_id, webhook=webhook)
+    job = build_job(body.endpoint, parsed, state.registry.info(parsed.model, prompt=by_prompt(parsed)), state.settings, deadline_s=state.settings.job_ttl_s, store_result=True, job_id=job_id, webhook=webhook)
     request.state.steps = job.steps
     sid = await enqueue(state, job)
     position = await state.queue.position(sid)

@@ -17,7 +17,8 @@ class Settings(BaseSettings):
 
     # models: the built-in families, plus every family found in models_dir
     models_dir: Path | None = None
-    default_model: str = "shapes"
+    default_model: str = "shapes"  # a request that names no model (and asks by class, or by nothing)
+    default_text_model: str = "emoji"  # a request that names no model and asks by prompt (default_model when absent)
     default_steps: int = Field(default=4, ge=1, le=8)
     default_guidance: float = 1.0
     device: str = "auto"  # auto: cuda when there is one, else cpu

@@ -76,6 +76,7 @@ def service_env(redis_url: str, threads: int | None = 1, **settings) -> dict:
     """Environment of a service process; threads=1 keeps test servers from fighting over the cores."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     env.setdefault("FEWSTEP_COMPILE", "0")  # test services start in seconds; tests of compilation ask for it
+    env.setdefault("FEWSTEP_DEFAULT_TEXT_MODEL", "shapes")  # prompts without a model go to the 16x16 family; tests of the default ask for it
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     env.update({f"FEWSTEP_{k.upper()}": str(v) for k, v in settings.items()})

@@ -66,6 +66,8 @@ def export_family(src: Path, dest: Path, *, dtype: str = "float16", max_steps: i
             tensors, config = load_tensors(src / "autoencoder", f"autoencoder of {src}")
             save_tensors(tmp / "autoencoder", tensors, config, DTYPES[dtype])
         for part in ("evaluator", "text_encoder", "tokenizer"):
+            if part == "evaluator" and "teacher" not in keep:
+                continue  # it serves evaluation only, which needs the teacher
             if (src / part).is_dir():
                 shutil.copytree(src / part, tmp / part)
         if diffusers:

@@ -95,7 +95,10 @@ def test_a_server_without_torch_validates_and_queues(redis_server, blocker_dir, 
     svc = Service(redis_server.url, log_dir=tmp_path, args=("--workers", "0"), queue_prefix="torchless", env=env)
     try:
         models = httpx.get(svc.url + "/v1/models").json()["data"]
-        assert [m["id"] for m in models] == ["shapes"] and models[0]["steps"] == [1, 2, 4, 8]
+        from model.builtin import builtin_families
+
+        by_id = {m["id"]: m for m in models}
+        assert set(by_id) == set(builtin_families()) and by_id["shapes"]["steps"] == [1, 2, 4, 8]
         r = httpx.post(svc.url + "/v1/generate", json={"class_label": 1, "guidance": 9.0})
         assert r.status_code == 422 and "outside the trained range" in r.json()["detail"]
         r = httpx.post(svc.url + "/v1/jobs", json={"endpoint": "generate", "request": {"class_label": "red circle", "steps": 2, "seed": 5}})

@@ -70,7 +70,7 @@ def test_export_keeps_only_the_checkpoints_asked_for_and_the_copy_serves(quick_r
     cli("export", quick_run, "--to", dest, "--keep", "distilled-4,distilled-1,stochastic-4", "--no-diffusers")
     info = json.loads((dest / "family.json").read_text())
     assert set(info["checkpoints"]) == {"distilled-4", "distilled-1", "stochastic-4"}
-    assert not (dest / "teacher").exists() and not (dest / "stage1").exists()
+    assert not (dest / "teacher").exists() and not (dest / "stage1").exists() and not (dest / "evaluator").exists()
     pipe = Pipeline(Family(dest), fixed_batch=4)
     image = pipe.generate([Request(seed=0, guidance=1.0, class_label=0, image=torch.zeros(3, 8, 8), strength=0.7)], steps=4)  # img2img off the grid, without stage 1
     assert image.shape == (1, 3, 8, 8) and torch.isfinite(image).all()

@@ -64,8 +64,11 @@ async function loadModels() {
   }
   const select = $("model");
   const previous = select.value;
-  select.replaceChildren(...state.models.map((m) => new Option(m.id + (m.default ? " (default)" : ""), m.id)));
-  const pick = state.models.find((m) => m.id === previous) || state.models.find((m) => m.default) || state.models[0];
+  const label = (m) => m.id + ((m.default_for || []).length ? " (default for " + m.default_for.join(" and ") + "s)" : (m.default ? " (default)" : ""));
+  select.replaceChildren(...state.models.map((m) => new Option(label(m), m.id)));
+  // a visitor types a prompt first: start on the family that prompts go to
+  const pick = state.models.find((m) => m.id === previous) || state.models.find((m) => (m.default_for || []).includes("prompt"))
+    || state.models.find((m) => m.default) || state.models[0];
   if (pick) { select.value = pick.id; applyModel(); }
 }
 

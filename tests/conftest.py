@@ -1,6 +1,21 @@
+import os
+
 import pytest
 
-from service.testing import RedisServer, Service
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2`: two test processes share the cores, so each (and every process it starts,
+    # which inherits this) runs torch on one thread instead of fighting over both
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+from service.testing import RedisServer, Service  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow files first, so that the last minutes of `-n 2` are not one long file on one
+    worker. (`--dist loadfile` keeps a file on one worker; shared training runs are built once
+    for all workers: tests/training/conftest.py.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from .config import DataConfig, EvalConfig, Recipe, StageConfig
 
 def toy2d() -> Recipe:
     """2-D Gaussian mixture, MLP denoiser: the whole chain and evaluation in ~2 minutes on 2 cores."""
-    stage = StageConfig(steps=1000, batch_size=512, lr=1e-3, ema_decay=0.995, warmup=50, save_every_s=30)
+    stage = StageConfig(steps=500, batch_size=512, lr=1e-3, ema_decay=0.995, warmup=50, save_every_s=30)
     return Recipe(
         name="toy2d",
         data=DataConfig(kind="toy2d", resolution=0),
@@ -20,13 +20,13 @@ def toy2d() -> Recipe:
         gamma_embed_dim=16,
         p_uncond=0.15,
         p_drop_each=0.0,
-        teacher=StageConfig(steps=3000, batch_size=512, lr=2e-3, ema_decay=0.998, warmup=100, save_every_s=30),
-        stage1=StageConfig(steps=1500, batch_size=512, lr=5e-4, gamma_lr=3e-3, ema_decay=0.995, warmup=50, save_every_s=30),
+        teacher=StageConfig(steps=2000, batch_size=512, lr=2e-3, ema_decay=0.998, warmup=100, save_every_s=30),
+        stage1=StageConfig(steps=800, batch_size=512, lr=5e-4, gamma_lr=3e-3, ema_decay=0.995, warmup=50, save_every_s=30),
         distill=stage,
         distill_start_steps=64,
         stochastic=stage,
         stochastic_steps=(8, 4, 2),
-        evaluation=EvalConfig(samples=2000, batch_size=4000, guidance=(0.0, 1.0, 4.0), teacher_steps=(1, 2, 4, 8, 16, 64), dpm_steps=(4, 8, 16), reference_steps=256, repeats=3, evaluator_steps=0),
+        evaluation=EvalConfig(samples=2000, batch_size=4000, guidance=(0.0, 1.0, 4.0), teacher_steps=(1, 2, 4, 8, 16, 64), dpm_steps=(4, 8, 16), reference_steps=256, repeats=2, evaluator_steps=0),
     )
 
 

@@ -181,8 +181,8 @@ def test_a_retried_job_with_an_idempotency_key_is_queued_once(service):
 
 def test_models_health_ready_metrics(service):
     models = httpx.get(service.url + "/v1/models").json()["data"]
-    shapes = models[0]
-    assert shapes["id"] == "shapes" and shapes["default"]
+    shapes = next(m for m in models if m["id"] == "shapes")
+    assert shapes["default"] and sum(m["default"] for m in models) == 1
     assert shapes["steps"] == [1, 2, 4, 8] and shapes["stochastic_steps"] == [2, 4, 8]
     assert shapes["resolution"] == SIDE and shapes["guidance_range"] == [0.0, 4.0]
     assert set(shapes["conditioning"]) == {"class", "text", "img2img", "inpaint"}

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +18,33 @@ def cli(*args, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+def shared_run(tmp_path_factory, name: str, *args) -> Path:
+    """`training run` once for the whole test session, also across `pytest -n` workers: the
+    first worker to ask trains it under a lock, in the folder the workers share; the others
+    wait for it and reuse it (a run that failed is started afresh)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-USER/pytest-N, above every worker's own folder
+    out = root / f"shared-{name}" / "family"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not (out / "family.json").is_file() or not (out / "metrics.json").is_file():
+            if out.exists():
+                shutil.rmtree(out)
+            cli("run", name, "--out", out, *args)
+    return out
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory) -> Path:
     """The `quick` recipe, run once for the whole session: every stage and the evaluation."""
-    out = tmp_path_factory.mktemp("quick") / "family"
-    cli("run", "quick", "--out", out)
-    return out
+    return shared_run(tmp_path_factory, "quick")
 
 
 @pytest.fixture(scope="session")
 def toy2d_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("toy2d") / "family"
-    cli("run", "toy2d", "--out", out)
-    return out
+    return shared_run(tmp_path_factory, "toy2d")
 
 
 def read_metrics(directory: Path) -> dict:

@@ -13,6 +13,8 @@ import torch
 from model.family import Family
 from tests.training.conftest import cli, read_metrics, saved_step
 
+pytestmark = pytest.mark.slow  # trains a latent recipe end to end
+
 TINY = [
     "--set", "data.resolution=16",
     "--set", 'autoencoder={"kind": "kl", "latent_channels": 4, "downsample": 2, "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4}',

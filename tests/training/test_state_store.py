@@ -56,7 +56,8 @@ def test_a_replacement_killed_between_its_two_renames_is_undone(tmp_path):
 def test_a_run_killed_inside_a_save_resumes(tmp_path):
     out = tmp_path / "family"
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **{CRASH_HOOK: "2"})
-    args = ["run", "quick", "--out", str(out), "--no-eval", "--set", "teacher.save_every_s=0", "--set", "teacher.steps=40"]
+    rest = ["--set", "stage1.steps=2", "--set", "distill_start_steps=2", "--set", "distill.steps=1", "--set", "stochastic_steps=[]"]  # the teacher is what is killed
+    args = ["run", "quick", "--out", str(out), "--no-eval", "--set", "teacher.save_every_s=0", "--set", "teacher.steps=40", *rest]
     proc = subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr[-2000:]  # killed in its second save
     assert saved_step(out / ".state" / "teacher") == 10  # the first save is there, the second never landed

@@ -97,14 +97,19 @@ def test_same_seed_same_pixels_alone_and_in_a_mixed_batch(service):
     mine = {"prompt": "a green square", "seed": 1234, "guidance": 2.0, "steps": 4}
     alone = post(service, "/v1/txt2img", mine).json()["images"][0]
     others = [{"class_label": k % 14, "seed": k, "guidance": 0.3 * (k % 5), "steps": 4} for k in range(11)]
-    with ThreadPoolExecutor(12) as pool:
-        futures = [pool.submit(post, service, "/v1/generate", o) for o in others[:6]]
-        mixed = pool.submit(post, service, "/v1/txt2img", mine)
-        futures += [pool.submit(post, service, "/v1/generate", o) for o in others[6:]]
-        batched = mixed.result().json()
-        assert all(f.result().status_code == 200 for f in futures)
-    assert batched["batch_requests"] > 1, "the request did not share a batch; the test proves nothing"
-    assert np.array_equal(pixels(alone), pixels(batched["images"][0]))
+    shared = 0
+    for _ in range(5):  # on a busy machine the worker may take it alone; then submit the group again
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(post, service, "/v1/generate", o) for o in others[:6]]
+            mixed = pool.submit(post, service, "/v1/txt2img", mine)
+            futures += [pool.submit(post, service, "/v1/generate", o) for o in others[6:]]
+            batched = mixed.result().json()
+            assert all(f.result().status_code == 200 for f in futures)
+        assert np.array_equal(pixels(alone), pixels(batched["images"][0]))
+        shared = max(shared, batched["batch_requests"])
+        if shared > 1:
+            break
+    assert shared > 1, "the request never shared a batch in 5 tries; the test proves nothing"
 
 
 def test_concurrent_requests_share_batches(service):

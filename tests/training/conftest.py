@@ -18,7 +18,7 @@ def cli(*args, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def shared_run(tmp_path_factory, name: str, *args) -> Path:
+def shared_run(tmp_path_factory, name: str) -> Path:
     """`training run` once for the whole test session, also across `pytest -n` workers: the
     first worker to ask trains it under a lock, in the folder the workers share; the others
     wait for it and reuse it (a run that failed is started afresh)."""
@@ -32,7 +32,7 @@ def shared_run(tmp_path_factory, name: str, *args) -> Path:
         if not (out / "family.json").is_file() or not (out / "metrics.json").is_file():
             if out.exists():
                 shutil.rmtree(out)
-            cli("run", name, "--out", out, *args)
+            cli("run", name, "--out", out)
     return out
 
 

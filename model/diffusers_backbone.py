@@ -40,6 +40,7 @@ class DiffusersConfig:
     unet: dict = field(default_factory=dict)  # the U-Net's own config.json, as diffusers reads it
     scheduler: dict = field(default_factory=dict)  # the teacher's scheduler config (its betas)
     prediction_type: str = "epsilon"
+    alpha_floor: float = 0.2  # of the bounded_epsilon reading (students only)
     null_class: int | None = None  # the teacher's class id of the unconditional branch
     channels: int = 3  # of z (the U-Net's in/out channels)
     resolution: int | None = None  # of z (the U-Net's sample_size)
@@ -54,8 +55,10 @@ class DiffusersConfig:
     def __post_init__(self):
         if self.unet_class not in UNET_CLASSES:
             raise ConfigError(f"diffusers: unet_class must be one of {UNET_CLASSES}, got {self.unet_class!r}")
-        if self.prediction_type not in ds.PREDICTION_TYPES:
-            raise ConfigError(f"diffusers: prediction_type {self.prediction_type!r} is not supported; fewstep reads {', '.join(ds.PREDICTION_TYPES)}")
+        if self.prediction_type not in ds.STUDENT_READINGS:
+            raise ConfigError(f"diffusers: prediction_type {self.prediction_type!r} is not supported; fewstep reads {', '.join(ds.STUDENT_READINGS)}")
+        if not 0.0 < self.alpha_floor <= 1.0:
+            raise ConfigError(f"diffusers: alpha_floor must lie in (0, 1], got {self.alpha_floor!r}")
         if self.gamma_embed_dim and self.gamma_pathway != "embedding":
             raise ConfigError("diffusers: students of imported teachers take gamma through the 'embedding' pathway")
         if self.gamma_extrapolate:
@@ -126,7 +129,7 @@ class DiffusersBackbone(nn.Module):
         finally:
             if self.cfg.gamma_embed_dim:
                 self.unet.time_embedding.pending = None
-        x_hat = ds.x_from_output(out, z, self.cfg.prediction_type, alpha.to(z.device), sigma.to(z.device))
+        x_hat = ds.x_from_output(out, z, self.cfg.prediction_type, alpha.to(z.device), sigma.to(z.device), self.cfg.alpha_floor)
         t = t.to(z.dtype)  # fewstep's v of that x_hat: (alpha_t z - x_hat) / sigma_t, finite at t = 0
         a_t, s_t = schedule.expand_like(schedule.alpha_t(t), z), schedule.expand_like(schedule.sigma_t(t).clamp_min(1e-6), z)
         return (a_t * z - x_hat) / s_t

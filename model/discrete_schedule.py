@@ -26,6 +26,9 @@ from .config_io import ConfigError
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# how a student of an imported teacher may read its output: a teacher's types, or epsilon with the
+# division by alpha bounded (exact where alpha >= alpha_floor; see x_from_output)
+STUDENT_READINGS = PREDICTION_TYPES + ("bounded_epsilon",)
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,21 @@ def signal_scales(s: DiscreteSchedule, tau: torch.Tensor) -> tuple[torch.Tensor,
     return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
 
-def x_from_output(output: torch.Tensor, z: torch.Tensor, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def x_from_output(output: torch.Tensor, z: torch.Tensor, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor, alpha_floor: float = 0.2) -> torch.Tensor:
     """The teacher's clean-sample prediction from its raw output, with the teacher's own scales:
-    epsilon: (z - sigma eps) / alpha; v_prediction: alpha z - sigma v; sample: the output itself."""
+    epsilon: (z - sigma eps) / alpha; v_prediction: alpha z - sigma v; sample: the output itself.
+
+    bounded_epsilon (students only): with m = max(alpha, alpha_floor),
+    x = ((alpha m + sigma^2) z - sigma out) / m. Where alpha >= alpha_floor this is the epsilon
+    reading exactly (alpha^2 + sigma^2 = 1), so a student initialised from an epsilon teacher is
+    that teacher there; nearer pure noise the output's gain on x stays at most 1 / alpha_floor
+    instead of 1 / alpha (156 at t = 1 for linear betas)."""
     a, sg = schedule.expand_like(alpha.to(z.dtype), z), schedule.expand_like(sigma.to(z.dtype), z)
     if prediction_type == "epsilon":
         return (z - sg * output) / a
+    if prediction_type == "bounded_epsilon":
+        m = a.clamp_min(alpha_floor)
+        return ((a * m + sg * sg) * z - sg * output) / m
     if prediction_type == "v_prediction":
         return a * z - sg * output
     if prediction_type == "sample":

@@ -283,6 +283,8 @@ class Chain:
         r = self.recipe
         if self.imported:  # its students take gamma through the embedding pathway (model/diffusers_backbone.py)
             output = {} if r.student_prediction == "teacher" else {"prediction_type": r.student_prediction}
+            if r.student_prediction == "bounded_epsilon":
+                output["alpha_floor"] = r.student_alpha_floor
             return gamma_student_from_teacher(teacher, r.gamma_embed_dim, "embedding", r.gamma_scale, (), **output)
         return gamma_student_from_teacher(teacher, r.gamma_embed_dim, r.gamma_pathway, r.gamma_scale, r.gamma_extrapolate)
 

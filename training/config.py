@@ -98,6 +98,7 @@ class Recipe:
     teacher_required: bool = False  # the recipe distils an existing teacher only (it cannot train one): --teacher is needed
     teacher_null_class: int | None = None  # its class id of the unconditional branch, when its config does not say
     student_prediction: str = "v_prediction"  # how an imported teacher's students read their output ("teacher": as it does)
+    student_alpha_floor: float = 0.05  # of the "bounded_epsilon" reading: exact epsilon where alpha >= this (model/discrete_schedule.py)
     seed: int = 0
 
     def __post_init__(self):
@@ -122,8 +123,8 @@ class Recipe:
             raise ConfigError("autoencoder.kind 'kl' encodes images; the toy2d data are points (leave autoencoder.kind 'identity')")
         if not self.kl_weight >= 0:
             raise ConfigError(f"kl_weight must be >= 0, got {self.kl_weight}")
-        if self.student_prediction not in ("teacher", "epsilon", "v_prediction", "sample"):
-            raise ConfigError(f"student_prediction must be 'teacher', 'epsilon', 'v_prediction' or 'sample', got {self.student_prediction!r}")
+        if self.student_prediction not in ("teacher", "epsilon", "v_prediction", "sample", "bounded_epsilon"):
+            raise ConfigError(f"student_prediction must be 'teacher', 'epsilon', 'v_prediction', 'sample' or 'bounded_epsilon', got {self.student_prediction!r}")
         if self.weighting not in ("snr+1", "truncated-snr"):
             raise ConfigError(f"weighting must be 'snr+1' or 'truncated-snr', got {self.weighting!r}")
 

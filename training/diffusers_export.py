@@ -49,6 +49,7 @@ READ = {
     "epsilon": "(z - unet_sigma * out) / unet_alpha",
     "v_prediction": "unet_alpha * z - unet_sigma * out",
     "sample": "out",
+    "bounded_epsilon": "((unet_alpha * m + unet_sigma ** 2) * z - unet_sigma * out) / m with m = max(unet_alpha, alpha_floor) (fewstep.json; epsilon where unet_alpha >= alpha_floor)",
 }
 
 
@@ -126,6 +127,8 @@ def sampling_info(student: Denoiser, steps: int) -> dict:
         tau, u_alpha, u_sigma, prediction = t * 1000.0, alpha, sigma, "v_prediction"
     grid = [{"t": float(t[i]), "timestep": float(tau[i]), "unet_alpha": float(u_alpha[i]), "unet_sigma": float(u_sigma[i]), "alpha": float(alpha[i]), "sigma": float(sigma[i])} for i in range(steps + 1)]
     out = {"steps": steps, "prediction_type": prediction, "grid": grid}
+    if prediction == "bounded_epsilon":
+        out["alpha_floor"] = student.net_cfg.alpha_floor
     if getattr(student.net_cfg, "text_dim", 0):
         out["text_len"] = student.net_cfg.text_len
     return out

@@ -63,12 +63,26 @@ def stage1_loss(student, teacher, x: torch.Tensor, cond: Cond, *, gamma_range, w
         v_c, v_u = v_both.chunk(2)
         g_ = schedule.expand_like(gamma, x)
         v_target = (1 + g_) * v_c - g_ * v_u
-        if clip:  # v = (alpha z - x) / sigma, so moving x by d moves v by -d / sigma
-            x_target = schedule.x_from_v(z=z, v=v_target, t=t)
-            sigma = schedule.expand_like(schedule.sigma_t(t).clamp_min(1e-4), x)
-            v_target = v_target - (x_target.clamp(-1.0, 1.0) - x_target) / sigma
     v_pred = student(z, t, cond, gamma, predict="v")
-    return _weighted_mse(v_pred, v_target, t, weighting)
+    if not clip:
+        return _weighted_mse(v_pred, v_target, t, weighting)
+    return _weighted_mse_clipped(v_pred, v_target, z, t, weighting)
+
+
+def _weighted_mse_clipped(v_pred: torch.Tensor, v_target: torch.Tensor, z: torch.Tensor, t: torch.Tensor, weighting: str) -> torch.Tensor:
+    """The v-space error of what the sampler uses, x_hat clipped to [-1, 1]: the target's x is
+    clipped, and where the target lies beyond a bound, a prediction beyond the same bound is
+    not an error (both clip to it). v = (alpha z - x) / sigma, so an x error d is a v error
+    -d / sigma. A student that starts as its teacher (gamma = 0) starts at zero loss, even
+    where the teacher's raw x_hat lies far outside the data range (near pure noise)."""
+    sigma = schedule.expand_like(schedule.sigma_t(t).clamp_min(1e-4), z)
+    x_target = schedule.x_from_v(z=z, v=v_target, t=t)
+    x_pred = schedule.x_from_v(z=z, v=v_pred, t=t)
+    err = x_pred - x_target.clamp(-1.0, 1.0)
+    both_beyond = ((x_target > 1.0) & (x_pred > 1.0)) | ((x_target < -1.0) & (x_pred < -1.0))
+    err = torch.where(both_beyond, torch.zeros_like(err), err)
+    per_sample = (err / sigma).pow(2).flatten(1).mean(1)
+    return (schedule.loss_weight(t, weighting) * per_sample).mean()
 
 
 def two_ddim_steps_target(teacher: Denoise, z_t, t, t_mid, t_end, cond: Cond) -> torch.Tensor:

@@ -79,3 +79,23 @@ def test_trained_betas_and_unknown_prediction_types():
     assert math.isclose(float(s.alphas_cumprod[0]), 1 - betas[0], rel_tol=1e-6)
     with pytest.raises(ConfigError, match="prediction_type 'flow'"):
         ds.x_from_output(torch.zeros(1, 1), torch.zeros(1, 1), "flow", torch.ones(1), torch.zeros(1))
+
+
+def test_the_bounded_epsilon_reading_is_epsilon_above_its_floor_and_caps_the_gain_below():
+    """A student read as bounded_epsilon equals its epsilon teacher wherever alpha >= floor (so
+    it starts as the teacher there), and an output error moves x_hat by at most 1/floor times
+    as much (epsilon's own gain at the linear schedule's last timestep is 1/0.0064 = 156)."""
+    s = ds.from_scheduler_config({"beta_schedule": "linear"})
+    floor = 0.2
+    tau = torch.tensor([0.0, 300.0, 600.0, 800.0, 999.0], dtype=torch.float64)
+    alpha, sigma = ds.signal_scales(s, tau)
+    z, out = torch.randn(5, 3, 4, 4, dtype=torch.float64), torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    bounded = ds.x_from_output(out, z, "bounded_epsilon", alpha, sigma, floor)
+    eps = ds.x_from_output(out, z, "epsilon", alpha, sigma)
+    above = alpha >= floor
+    assert above.any() and (~above).any()
+    assert torch.allclose(bounded[above], eps[above], atol=1e-9)
+    assert not torch.allclose(bounded[~above], eps[~above])
+    gain = (ds.x_from_output(out + 1.0, z, "bounded_epsilon", alpha, sigma, floor) - bounded).abs().amax(dim=(1, 2, 3))
+    assert (gain <= 1 / floor + 1e-9).all() and gain[-1].item() == pytest.approx(sigma[-1].item() / floor, rel=1e-9)
+    assert (ds.x_from_output(out + 1.0, z, "epsilon", alpha, sigma) - eps).abs().max() > 100

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.hardware import describe
-from service.testing import RedisServer, Service
+from service.testing import RedisServer, Service, metric
 
 PROMPTS = ["a red circle", "a green square", "a blue cross", "a yellow triangle", "a red square on a black background"]
 
@@ -76,11 +76,19 @@ async def throughput(client: httpx.AsyncClient, concurrency: int, duration: floa
             latencies.append(time.perf_counter() - start)
             done += 1
 
+    before = (await client.get("/metrics")).text
     start = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
+    after = (await client.get("/metrics")).text
     latencies.sort()
-    return {"concurrency": concurrency, "images_per_s": done / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000, "requests": done}
+
+    def delta(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    batches = delta("fewstep_batch_images_count")
+    return {"concurrency": concurrency, "images_per_s": done / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000, "requests": done,
+            "images_per_batch": delta("fewstep_batch_images_sum") / max(batches, 1), "model_busy": delta("fewstep_batch_model_seconds_sum") / elapsed}
 
 
 async def healthz(client: httpx.AsyncClient, n: int = 50) -> float:
@@ -179,8 +187,8 @@ def _service_lines(label: str, r: dict) -> list[str]:
     lines = [f"**{label}** (cold start to /readyz {r['start_s']:.1f} s; GET /healthz {r['http_ms']:.1f} ms)", "",
              "| steps | end-to-end (ms) | model (ms) | end-to-end - model (ms) | overhead |", "|---|---|---|---|---|"]
     lines += [f"| {o['steps']} | {o['e2e_ms']:.1f} | {o['model_ms']:.1f} | {o['e2e_ms'] - o['model_ms']:.1f} | {100 * o['overhead']:.1f}% |" for o in r["over"]]
-    lines += ["", "| concurrency | images/s | p50 latency (ms) | requests |", "|---|---|---|---|"]
-    lines += [f"| {t['concurrency']} | {t['images_per_s']:.1f} | {t['p50_ms']:.0f} | {t['requests']} |" for t in r["thru"]]
+    lines += ["", "| concurrency | images/s | p50 latency (ms) | requests | images per batch | worker busy in the model |", "|---|---|---|---|---|---|"]
+    lines += [f"| {t['concurrency']} | {t['images_per_s']:.1f} | {t['p50_ms']:.0f} | {t['requests']} | {t['images_per_batch']:.1f} | {100 * t['model_busy']:.0f}% |" for t in r["thru"]]
     if r.get("emoji"):
         e = r["emoji"]
         lines += ["", f"The `emoji` family (64x64, latent 8x8x4, decoded by its autoencoder in the worker), one 4-step text-to-image request at a time: "

@@ -10,7 +10,9 @@ from fastapi import Depends, Header, HTTPException, Request
 from .state import State
 
 
-def get_state(request: Request) -> State:
+async def get_state(request: Request) -> State:
+    """Async on purpose: FastAPI runs a plain-function dependency in its thread pool, a thread
+    hop on every request."""
     return request.app.state.fewstep
 
 

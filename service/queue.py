@@ -196,6 +196,7 @@ class RedisQueue:
         self._prune = client.register_script(_PRUNE)
         self._claim_cursor = "0-0"  # where the next takeover scan of the pending list starts
         self._no_info = False  # INFO refused (then takeover cannot wait out a restart)
+        self._tidying: set[asyncio.Task] = set()  # clean-ups under way (kept referenced until they end)
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -345,8 +346,14 @@ class RedisQueue:
                 continue
             if done is None:
                 return None
-            await self._forget(job_id)
+            self._forget_later(job_id)
             return read_result(done[1])
+
+    def _forget_later(self, job_id: str) -> None:
+        """_forget off the request's path: the answer does not wait for the clean-up's round trip."""
+        task = asyncio.create_task(self._forget(job_id))
+        self._tidying.add(task)
+        task.add_done_callback(self._tidying.discard)
 
     async def _forget(self, job_id: str) -> None:
         """A handed-over job's status: nothing left to keep (it expires anyway if this fails)."""

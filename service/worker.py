@@ -335,7 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_main(settings, args.metrics_port))
+    try:  # uvloop (uvicorn[standard]), as the API process runs under uvicorn: a faster event loop
+        import uvloop
+    except ImportError:
+        asyncio.run(_main(settings, args.metrics_port))
+    else:
+        uvloop.run(_main(settings, args.metrics_port))
 
 
 if __name__ == "__main__":

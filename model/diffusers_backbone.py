@@ -40,7 +40,7 @@ class DiffusersConfig:
     unet: dict = field(default_factory=dict)  # the U-Net's own config.json, as diffusers reads it
     scheduler: dict = field(default_factory=dict)  # the teacher's scheduler config (its betas)
     prediction_type: str = "epsilon"
-    alpha_floor: float = 0.2  # of the bounded_epsilon reading (students only)
+    alpha_floor: float = 0.05  # of the bounded_epsilon reading (students only)
     null_class: int | None = None  # the teacher's class id of the unconditional branch
     channels: int = 3  # of z (the U-Net's in/out channels)
     resolution: int | None = None  # of z (the U-Net's sample_size)

@@ -100,7 +100,7 @@ def signal_scales(s: DiscreteSchedule, tau: torch.Tensor) -> tuple[torch.Tensor,
     return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
 
-def x_from_output(output: torch.Tensor, z: torch.Tensor, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor, alpha_floor: float = 0.2) -> torch.Tensor:
+def x_from_output(output: torch.Tensor, z: torch.Tensor, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor, alpha_floor: float = 0.05) -> torch.Tensor:
     """The teacher's clean-sample prediction from its raw output, with the teacher's own scales:
     epsilon: (z - sigma eps) / alpha; v_prediction: alpha z - sigma v; sample: the output itself.
 
@@ -112,9 +112,9 @@ def x_from_output(output: torch.Tensor, z: torch.Tensor, prediction_type: str, a
     a, sg = schedule.expand_like(alpha.to(z.dtype), z), schedule.expand_like(sigma.to(z.dtype), z)
     if prediction_type == "epsilon":
         return (z - sg * output) / a
-    if prediction_type == "bounded_epsilon":
+    if prediction_type == "bounded_epsilon":  # written so that m = alpha gives epsilon's x exactly, in any dtype
         m = a.clamp_min(alpha_floor)
-        return ((a * m + sg * sg) * z - sg * output) / m
+        return (z - sg * output) / m + a * (m - a) * z / m
     if prediction_type == "v_prediction":
         return a * z - sg * output
     if prediction_type == "sample":

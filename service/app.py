@@ -75,17 +75,22 @@ class Observe:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500  # an exception that escapes is answered 500 by Starlette's outermost middleware
+        headed = None  # when the response started: a stream's latency is its time to first byte
 
         async def sent(message):
-            nonlocal status
+            nonlocal status, headed
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, headed = message["status"], time.perf_counter()
             await send(message)
 
         try:
             await self.app(scope, receive, sent)
+        except asyncio.CancelledError:  # the client went away, or the server is stopping: no error of ours
+            if headed is None:
+                status = 499
+            raise
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = (headed or time.perf_counter()) - start
             endpoint = getattr(scope.get("route"), "path", "unmatched")
             if endpoint.startswith("/v1/"):
                 steps = str((scope.get("state") or {}).get("steps", "none"))
@@ -93,7 +98,7 @@ class Observe:
                 # never bodies or headers: no image bytes, no keys
                 access.info("%s %s %d %.1fms", scope.get("method", ""), endpoint, status, 1000 * elapsed)
             metrics.REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
-            if status >= 400:
+            if status >= 400 and status != 499:
                 metrics.ERRORS.labels(status=str(status)).inc()
 
 

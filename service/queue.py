@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -359,8 +360,8 @@ class RedisQueue:
         """A handed-over job's status: nothing left to keep (it expires anyway if this fails)."""
         try:
             await self.redis.delete(self.job_key(job_id))
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            pass
+        except (RedisError, OSError) as exc:
+            log.debug("job %s: status not deleted (%s); it expires", job_id, exc)
 
     async def handed_over(self, job_id: str) -> JobResult | None:
         """A synchronous job's result if it is waiting to be taken (no blocking)."""

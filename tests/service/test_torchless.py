@@ -15,6 +15,7 @@ import textwrap
 import httpx
 import pytest
 import redis
+from packaging.requirements import Requirement
 
 from service.contract import read_job
 from service.testing import ROOT, Service
@@ -35,30 +36,31 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~ ;\[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _extras(requirement: str) -> set[str]:
-    """The extras a requirement asks for: uvicorn[standard] -> {"standard"}."""
-    found = re.match(r"[^\[;]*\[([^\]]*)\]", requirement)
-    return {e.strip().lower() for e in found.group(1).split(",")} if found else set()
-
-
 def _closure(names: set[str] | dict[str, set[str]]) -> set[str]:
-    """The distributions `names` pull in, recursively: their requirements, and those of the
-    extras asked for (a dict name -> extras), as pip installs them."""
-    seen, todo = set(), list(names.items() if isinstance(names, dict) else ((n, set()) for n in names))
+    """The distributions `names` pull in, recursively, as pip installs them on this platform:
+    their requirements whose markers hold, with the extras asked for (a dict name -> extras)."""
+    todo = list(names.items() if isinstance(names, dict) else ((n, set()) for n in names))
+    seen, done = set(), set()
     while todo:
         name, extras = todo.pop()
-        if name in seen:
+        if (name, frozenset(extras)) in done:
             continue
+        done.add((name, frozenset(extras)))
         seen.add(name)
         try:
             requires = md.requires(name) or []
         except md.PackageNotFoundError:
             continue
-        for r in requires:
-            marker = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", r)
-            if marker is None or marker.group(1).lower() in extras:
-                todo.append((_name(r), _extras(r)))
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+                todo.append((_name(req.name), {e.lower() for e in req.extras}))
     return seen
+
+
+def _extras(line: str) -> set[str]:
+    """The extras a requirement line asks for: uvicorn[standard] -> {"standard"}."""
+    return {e.lower() for e in Requirement(line).extras}
 
 
 def api_lines() -> list[str]:

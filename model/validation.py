@@ -139,7 +139,8 @@ def _prompt(info: FamilyInfo, ask: Ask, max_chars: int) -> str | None:
     blank = prompt is None or prompt.strip() == ""
     if not blank and ask.class_label is not None:
         raise InvalidRequest("give either prompt or class_label, not both", "prompt")
-    if blank and ask.class_label is None:
+    unconditional = not info.class_names and not info.text_encoder  # a family that takes neither
+    if blank and ask.class_label is None and not unconditional:
         raise InvalidRequest("give a prompt or a class_label" if prompt is None else "prompt is blank", "prompt")
     if blank:
         return None

@@ -60,6 +60,8 @@ class Registry:
                 kinds.append("class")
             if info.text_encoder:
                 kinds.append("text")
+            if not info.class_names and not info.text_encoder:
+                kinds.append("unconditional")  # neither class nor prompt: guidance changes nothing
             if info.resolution:
                 kinds.append("img2img")
             if info.inpainting:

@@ -31,7 +31,8 @@ class Sampling(BaseModel):
 
 
 class Conditioned(Sampling):
-    """Exactly one of a class label (id or name) and a prompt."""
+    """At most one of a class label (id or name) and a prompt: exactly one for a conditional
+    model, neither for an unconditional one (model/validation.py)."""
 
     class_label: int | str | None = Field(default=None, description="class id or name")
     prompt: str | None = None

@@ -341,6 +341,8 @@ class Chain:
         """Print the student's gamma response (training/response.py) on a fixed batch."""
         if not self.env.is_main or self.recipe.guidance_range[1] <= self.recipe.guidance_range[0]:
             return
+        if self.imported is not None and not self.imported.num_classes and self.imported.text_dir is None:
+            return  # an unconditional teacher: guidance moves nothing for a student to follow
         batch = self.dataset.batch(256, (424_242, 0))
         cond = self.preparer.cond(batch, None)
         r = gamma_response(student, teacher, self.preparer.x(batch), cond, gamma_range=self.recipe.guidance_range, times=response_times(steps), clip=self.clip)

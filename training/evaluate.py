@@ -44,7 +44,8 @@ class EvalSet:
     """Conditions, real samples and asked attributes for one repeat.
 
     mode "class": class labels only; "text": short prompts naming the asked attributes (the
-    held-out combinations with `held_out`); "free-text": the data's own captions."""
+    held-out combinations with `held_out`); "free-text": the data's own captions;
+    "unconditional": no condition (a family that takes none)."""
 
     def __init__(self, dataset, preparer: Preparer, n: int, repeat: int, mode: str, held_out: bool = False):
         self.seeds = [repeat * 1_000_003 + k for k in range(n)]
@@ -71,12 +72,15 @@ class EvalSet:
             batch.labels = None
             self.captions = list(batch.captions)
             self.cond = self._text_only(preparer.cond(batch, None), n)
+        elif mode == "unconditional":  # nothing asked: only the distributions are compared
+            self.cond = Cond(context=preparer.cond(batch, None, labels_only=True).context)
         else:
             raise ValueError(f"unknown evaluation mode {mode!r}")
         if self.cond.context is not None:
             self.cond = Cond(labels=self.cond.labels, text=self.cond.text, text_mask=self.cond.text_mask, context=preparer.plain_context(n))
         self.real = batch.x
         self.asked = asked
+        self.mode = mode
 
     @staticmethod
     def _text_only(cond: Cond, n: int) -> Cond:
@@ -135,9 +139,12 @@ def summary(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _attr_names(dataset, mode: str) -> list[int]:
-    """Attributes that adherence does not ask for (background, size, position): compared as distributions."""
-    if mode != "class" or not getattr(dataset, "attributes", None):
+    """Attributes that adherence does not ask for (background, size, position): compared as
+    distributions; for an unconditional family, every attribute (nothing is asked)."""
+    if mode not in ("class", "unconditional") or not getattr(dataset, "attributes", None):
         return []
+    if mode == "unconditional":
+        return list(range(len(dataset.attributes)))
     asked = set(CLASS_ATTRIBUTES[dataset.kind])
     return [a for a in range(len(dataset.attributes)) if a not in asked]
 
@@ -376,6 +383,8 @@ def responses(directory: Path, device: str | None = None) -> dict:
 def evaluation_mode(family: Family, dataset) -> str:
     """How the family is asked: by class when it takes classes, else by short prompts naming the
     attributes (data that can write them), else by the data's own captions."""
+    if not family.info.class_names and not family.info.text_encoder:
+        return "unconditional"
     if family.info.class_names or dataset.resolution is None:
         return "class"
     return "text" if hasattr(dataset, "captions_for") else "free-text"
@@ -384,7 +393,7 @@ def evaluation_mode(family: Family, dataset) -> str:
 def _responses(family: Family, recipe: Recipe, ev: EvalSet, preparer: Preparer) -> dict:
     """Gamma response (training/response.py) of the stage-1 student and each distilled student."""
     lo, hi = recipe.guidance_range
-    if hi <= lo:
+    if hi <= lo or ev.mode == "unconditional":  # no condition: guidance moves nothing to follow
         return {}
     names = {name: c["steps"] if c["role"] == "distilled" else None for name, c in family.info.checkpoints.items() if c["role"] in ("stage1", "distilled")}
     n = min(256, len(ev.seeds))

@@ -11,7 +11,9 @@ its own parametrisation and on its own discrete schedule (model/diffusers_backbo
 - Conditioning: class labels (with a null class for the unconditional branch of guidance: the
   U-Net config's `null_class`, or `--set teacher_null_class=K`), or text through the
   pipeline's own CLIP text encoder and tokenizer (the unconditional branch is the empty
-  prompt, as diffusers guides).
+  prompt, as diffusers guides), or none: an unconditional teacher has nothing to guide (its
+  guided prediction is its own at every gamma), so its students are plain progressive
+  distillation and the family takes requests without a class or prompt.
 - Latent teachers: the pipeline's `AutoencoderKL` (`vae/`) with its `scaling_factor` and
   `shift_factor`; the family keeps it, and the text encoder, so the service encodes and
   decodes with them.
@@ -174,7 +176,8 @@ def import_teacher(directory: Path, null_class: int | None = None) -> ImportedTe
     if classes and null is None:
         raise TeacherError(f"--teacher {directory}: a class-conditional teacher ({classes} class embeddings) without a null class cannot be guided; give the id its unconditional branch was trained with: --set teacher_null_class=K")
     if not classes and not cross:
-        raise TeacherError(f"--teacher {directory}: an unconditional teacher (no num_class_embeds, no text encoder) has no conditional branch to guide")
+        print(f"[teacher] {directory}: unconditional (no num_class_embeds, no text encoder): guidance changes nothing, "
+              "the students are distilled to fewer steps only and take no class or prompt", flush=True)
     channels = int(unet_cfg.get("in_channels", 3))
     autoencoder = _autoencoder(directory, where.vae, channels) if where.vae is not None else None
     if autoencoder is None and channels != 3:

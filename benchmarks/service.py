@@ -121,7 +121,8 @@ def _median_ms(fn, repeats: int) -> float:
 
 def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7) -> list[dict]:
     """Model time of a lone 4-step request and images/s of 16 requests in one batch, per fixed
-    row count, eager and compiled (in process, the service's thread count)."""
+    row count, eager and compiled, and per torch thread count (in process; the service's
+    in-process worker runs eager networks on all cores but one, compiled ones on all)."""
     import os
 
     import torch
@@ -130,7 +131,7 @@ def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7) -> list[dict]:
     from model.family import Family
     from model.pipeline import Pipeline, Request
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))  # as the service's in-process worker
+    cores = os.cpu_count() or 1
     family = Family(BUILTIN_DIR / DEFAULT_FAMILY)
     lone = [Request(seed=0, guidance=1.0, prompt="a red circle")]
     many = [Request(seed=k, guidance=1.0, prompt=PROMPTS[k % len(PROMPTS)]) if k % 2 else Request(seed=k, guidance=1.0, class_label=k % 14) for k in range(16)]
@@ -141,11 +142,14 @@ def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7) -> list[dict]:
             start = time.perf_counter()
             pipe.generate(lone, steps=4)  # compiles this shape
             warm_s = time.perf_counter() - start
-            pipe.generate(many, steps=4)
-            lone_ms = _median_ms(lambda: pipe.generate(lone, steps=4), repeats)
-            many_ms = _median_ms(lambda: pipe.generate(many, steps=4), max(3, repeats // 2))
-            rows.append({"fixed": fixed, "compiled": compiled, "first_call_s": warm_s, "lone_ms": lone_ms, "images_per_s": 16 / (many_ms / 1000)})
-            print(f"[bench] fixed {fixed:2d} {'compiled' if compiled else 'eager   '}: lone {lone_ms:.1f} ms, 16 at once {16 / (many_ms / 1000):.1f} images/s", flush=True)
+            for threads in sorted({max(1, cores - 1), cores}):
+                torch.set_num_threads(threads)
+                pipe.generate(many, steps=4)
+                lone_ms = _median_ms(lambda: pipe.generate(lone, steps=4), repeats)
+                many_ms = _median_ms(lambda: pipe.generate(many, steps=4), max(3, repeats // 2))
+                rows.append({"fixed": fixed, "compiled": compiled, "threads": threads, "first_call_s": warm_s, "lone_ms": lone_ms, "images_per_s": 16 / (many_ms / 1000)})
+                print(f"[bench] fixed {fixed:2d} {'compiled' if compiled else 'eager   '} {threads} threads: lone {lone_ms:.1f} ms, 16 at once {16 / (many_ms / 1000):.1f} images/s", flush=True)
+    torch.set_num_threads(cores)
     return rows
 
 
@@ -197,8 +201,8 @@ def _service_lines(label: str, r: dict) -> list[str]:
 
 
 def report(table: list[dict], cost: dict, eager: dict, compiled: dict) -> str:
-    lines = ["## Batch shapes (in process, 4 steps)", "", "| rows per call | networks | first call (s) | lone request (ms) | 16 at once (images/s) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['fixed']} | {'compiled' if r['compiled'] else 'eager'} | {r['first_call_s']:.1f} | {r['lone_ms']:.1f} | {r['images_per_s']:.1f} |" for r in table]
+    lines = ["## Batch shapes (in process, 4 steps)", "", "| rows per call | networks | torch threads | first call (s) | lone request (ms) | 16 at once (images/s) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['fixed']} | {'compiled' if r['compiled'] else 'eager'} | {r['threads']} | {r['first_call_s']:.1f} | {r['lone_ms']:.1f} | {r['images_per_s']:.1f} |" for r in table]
     lines += ["", "## Costs beside the network", "",
               f"- text encoder, a prompt not in the cache: {cost['text_new_ms']:.1f} ms for one request, {cost['text_new_per_image_ms']:.2f} ms per image in a batch of 16; a cached prompt {cost['text_cached_ms']:.2f} ms",
               f"- PNG encoding with its settings chunks: {cost['png_ms']:.2f} ms per image",
@@ -207,7 +211,7 @@ def report(table: list[dict], cost: dict, eager: dict, compiled: dict) -> str:
         lines.append(f"- the `emoji` family's AutoencoderKL (64x64 <-> 8x8x4), in a batch of 16: decode {cost['emoji_decode_per_image_ms']:.2f} ms, encode (img2img, inpainting) {cost['emoji_encode_per_image_ms']:.2f} ms per image")
     lines += ["",
               "## The service, eager and compiled", ""]
-    lines += _service_lines("eager (FEWSTEP_COMPILE=0)", eager) + _service_lines("compiled (the default)", compiled)
+    lines += _service_lines("eager (FEWSTEP_COMPILE=0, the previous default; torch on all cores but one)", eager) + _service_lines("compiled (the default; torch on all cores)", compiled)
     e16, c16 = eager["thru"][-1]["images_per_s"], compiled["thru"][-1]["images_per_s"]
     e4 = next(o for o in eager["over"] if o["steps"] == 4)
     c4 = next(o for o in compiled["over"] if o["steps"] == 4)
@@ -246,7 +250,7 @@ def main() -> int:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     table = batch_table()
     cost = costs()
-    eager = service_run({**overrides, "compile": "0"}, args.requests, args.duration)
+    eager = service_run({**overrides, "compile": "0"}, args.requests, args.duration)  # the eager default: torch on all cores but one
     compiled = service_run({**overrides, "compile": "1"}, args.requests, args.duration)
     text = report(table, cost, eager, compiled)
     if overrides:

@@ -47,6 +47,11 @@ class Runner:
         self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile) for name, path in paths.items()}
         log.info("loaded %s on %s (%s)", sorted(self.pipelines), self.device, self.dtype)
 
+    @property
+    def compiles(self) -> bool:
+        """Whether every family runs compiled networks (False once one fell back to eager)."""
+        return bool(self.pipelines) and all(pipe.compile for pipe in self.pipelines.values())
+
     def warm_up(self) -> None:
         """Load every student and run it once, so the first request pays no loading (or
         compilation) cost. A platform where compilation fails runs eagerly, with a warning."""

@@ -158,34 +158,61 @@ class Worker:
     async def _run_batch(self, batch: list[Entry]) -> None:
         now = time.time()
         done, run = [], []
-        started = await self.queue.start([e.job.id for e in batch], self.name)
-        for entry, ok in zip(batch, started):
-            if not ok:  # cancelled (or expired) while it waited: acknowledge and drop
-                done.append((entry, JobResult.failed(410, "cancelled")))
-            elif entry.job.deadline < now:
+        for entry in batch:
+            if entry.job.deadline < now:
                 done.append((entry, JobResult.failed(504, "the request's deadline passed before a worker could run it")))
             else:
-                metrics.QUEUE_WAIT.observe(max(0.0, now - entry.job.created))
                 run.append(entry)
-        if run:
-            jobs = [e.job for e in run]
-            events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
-            await events.started()
-            self._batch_started = time.monotonic()
+        if run and all(not e.job.store_result for e in run):
+            # synchronous requests only: their waiters cancel them only once their deadline has
+            # passed (checked above), so they are marked running while the model runs, not
+            # before (a round trip off the request's path). One cancelled meanwhile all the same
+            # stays cancelled: its result is dropped, and its finish does not win anyway
+            starting = asyncio.create_task(self._start_beside(run))
             try:
-                results = await asyncio.to_thread(self._execute, jobs, events.on_event if events.job_ids else None)
-            except Exception as exc:
-                log.exception("worker %s: batch of %d failed", self.name, len(jobs))
-                results = [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
+                results = await self._execute_batch(run, now)
             finally:
-                self._batch_started = None
-                await events.close()  # every step event is written before the job's finish
-            done += list(zip(run, results))
+                started = await starting
+            done += [(e, r if ok else JobResult.failed(410, "cancelled")) for e, r, ok in zip(run, results, started)]
+        elif run:
+            started = await self.queue.start([e.job.id for e in run], self.name)
+            done += [(e, JobResult.failed(410, "cancelled")) for e, ok in zip(run, started) if not ok]  # cancelled while it waited
+            run = [e for e, ok in zip(run, started) if ok]
+            if run:
+                done += list(zip(run, await self._execute_batch(run, now)))
         if done:
             won = await self._finish_surely(done)
             for (entry, result), first in zip(done, won):
                 if first and entry.job.webhook:
                     self._spawn(webhooks.deliver(entry.job.webhook, webhooks.payload(entry.job.id, result), self.settings))
+
+    async def _start_beside(self, run: list[Entry]) -> list[bool]:
+        """Mark synchronous jobs running while they run. The mark is for status readers only:
+        one that Redis refuses (it is away) is logged, and the finish, which waits for Redis,
+        still decides which results count, so the batch is never run twice for it."""
+        try:
+            return await self.queue.start([e.job.id for e in run], self.name)
+        except REDIS_TROUBLE as exc:
+            log.warning("worker %s: could not mark %d requests running (%s); finishing them all the same", self.name, len(run), exc)
+            return [True] * len(run)
+
+    async def _execute_batch(self, run: list[Entry], now: float) -> list[JobResult]:
+        """Run the batch in a thread, with the progress events of its asynchronous jobs; a
+        failure fails every job of the batch (500), never the worker."""
+        for entry in run:
+            metrics.QUEUE_WAIT.observe(max(0.0, now - entry.job.created))
+        jobs = [e.job for e in run]
+        events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
+        await events.started()
+        self._batch_started = time.monotonic()
+        try:
+            return await asyncio.to_thread(self._execute, jobs, events.on_event if events.job_ids else None)
+        except Exception as exc:
+            log.exception("worker %s: batch of %d failed", self.name, len(jobs))
+            return [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
+        finally:
+            self._batch_started = None
+            await events.close()  # every step event is written before the job's finish
 
     def _spawn(self, coro) -> None:
         """A background task (a webhook delivery) kept referenced until it ends."""

@@ -193,7 +193,7 @@ def test_a_redis_error_mid_batch_resumes_without_a_takeover(redis_server, monkey
     answers, as the same delivery, instead of waiting for a takeover that counts against it."""
 
     async def body(queue, client):
-        j = a_job()
+        j = a_job(store=True)  # an asynchronous job is marked running before it runs (a synchronous one: beside it)
         await queue.submit(j, 10)
         failures = [RedisTimeoutError("Timeout reading from socket")]
         real_start = RedisQueue.start
@@ -216,7 +216,9 @@ def test_a_redis_error_mid_batch_resumes_without_a_takeover(redis_server, monkey
         worker.process = process
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
-        result = await queue.wait(j.id, 5)  # a takeover could come only after 30 s
+        give_up = time.monotonic() + 5  # a takeover could come only after 30 s
+        while (result := await queue.result(j.id)) is None and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
         stop.set()
         await task
         assert result is not None and result.status == "succeeded" and runner.ran == [j.id]
@@ -373,7 +375,7 @@ def test_results_are_handed_over_or_stored_once(redis_server):
 
 def test_a_request_cancelled_behind_a_batch_does_not_run(redis_server):
     async def body(queue, client):
-        first, second = a_job(steps=1), a_job(steps=2)  # two batches in one gather
+        first, second = a_job(steps=1), a_job(steps=2, store=True)  # two batches in one gather; jobs are what clients cancel
         for j in (first, second):
             await queue.submit(j, 10)
         loop = asyncio.get_running_loop()
@@ -381,8 +383,47 @@ def test_a_request_cancelled_behind_a_batch_does_not_run(redis_server):
         worker = Worker(Settings(max_wait_ms=0), queue, runner, name="w")
         await worker.process(await worker.gather())
         assert runner.ran == [first.id]
-        assert (await queue.wait(second.id, 1)).code == 409
+        assert (await queue.status(second.id))["status"] == "cancelled" and await queue.result(second.id) is None
         assert await queue.depth() == 0
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_synchronous_batch_is_marked_running_while_it_runs(redis_server, monkeypatch):
+    """Synchronous requests are marked running beside the model run, off their path: the mark
+    lands while they run, one cancelled meanwhile keeps its cancel, and a mark Redis refuses
+    neither loses the results nor runs the batch twice."""
+
+    async def body(queue, client):
+        loop = asyncio.get_running_loop()
+        marked, cancelled, kept = a_job(), a_job(), a_job()
+
+        def during(jobs):
+            ids = [j.id for j in jobs]
+            if marked.id in ids:  # the mark comes while the batch runs
+                give_up = time.monotonic() + 5
+                while asyncio.run_coroutine_threadsafe(queue.status(marked.id), loop).result()["status"] != "running":
+                    assert time.monotonic() < give_up, "never marked running"
+                    time.sleep(0.005)
+            if cancelled.id in ids:
+                asyncio.run_coroutine_threadsafe(queue.cancel(cancelled.id), loop).result()
+
+        runner = FakeRunner(during=during)
+        worker = Worker(Settings(max_wait_ms=0), queue, runner, name="w")
+        for j in (marked, cancelled):
+            await queue.submit(j, 10)
+            await worker.process(await worker.gather())
+        assert (await queue.wait(marked.id, 1)).status == "succeeded"
+        assert (await queue.wait(cancelled.id, 1)).code == 409  # the cancel's answer, not the batch's result
+
+        async def refused(self, job_ids, consumer):
+            raise RedisTimeoutError("Timeout reading from socket")
+
+        monkeypatch.setattr(RedisQueue, "start", refused)
+        await queue.submit(kept, 10)
+        await worker.process(await worker.gather())
+        assert (await queue.wait(kept.id, 1)).status == "succeeded"
+        assert runner.ran == [marked.id, cancelled.id, kept.id] and await queue.depth() == 0
 
     with_queue(redis_server.url, body)
 

@@ -9,7 +9,9 @@ Keys, under a prefix p (default "fewstep"):
                   worker and is taken over (XAUTOCLAIM). An entry delivered more than
                   max_deliveries times is failed and copied to the dead-letter stream.
   p:dead          the dead-letter stream: requests that ended their workers too often (job, reason).
-  p:job:{id}      hash: status (queued, running, succeeded, failed, cancelled), stream id, times.
+  p:job:{id}      hash: status (queued, running, succeeded, failed, cancelled), stream id, times;
+                  a synchronous request's expires HANDOVER_TTL_S after its finish (until then a
+                  retried submit of it stays a no-op); nothing deletes it on the request's path.
   p:result:{id}   an asynchronous job's result (a contract.JobResult), kept job_ttl_s.
   p:done:{id}     a synchronous request's result, handed over to the request waiting on it
                   (BLPOP); kept HANDOVER_TTL_S at most.
@@ -29,8 +31,9 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -139,9 +142,15 @@ SOCKET_TIMEOUT_S = 10.0  # a command without an answer this long fails (RedisTim
 def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     """A client that notices a dead connection: connect and read timeouts, TCP keepalive and a
     health check. `blocking`: no read timeout, for the long BLPOP waits of synchronous requests
-    (those carry their own timeout)."""
+    (those carry their own timeout).
+
+    A command that finds its connection closed is sent once more on a new one: after a Redis
+    restart every pooled connection is dead, and without it the first command on each failed
+    (a request answered 503 with Redis back up). Every command here bears a second try: the
+    scripts are idempotent or first-wins, and a read whose reply was lost is lost either way."""
     tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # a unix socket has no keepalive
-    return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else SOCKET_TIMEOUT_S, health_check_interval=5, **tcp)
+    once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else SOCKET_TIMEOUT_S, health_check_interval=5, retry=once, **tcp)
 
 
 class QueueFull(Exception):
@@ -197,7 +206,6 @@ class RedisQueue:
         self._prune = client.register_script(_PRUNE)
         self._claim_cursor = "0-0"  # where the next takeover scan of the pending list starts
         self._no_info = False  # INFO refused (then takeover cannot wait out a restart)
-        self._tidying: set[asyncio.Task] = set()  # clean-ups under way (kept referenced until they end)
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -347,29 +355,12 @@ class RedisQueue:
                 continue
             if done is None:
                 return None
-            self._forget_later(job_id)
             return read_result(done[1])
-
-    def _forget_later(self, job_id: str) -> None:
-        """_forget off the request's path: the answer does not wait for the clean-up's round trip."""
-        task = asyncio.create_task(self._forget(job_id))
-        self._tidying.add(task)
-        task.add_done_callback(self._tidying.discard)
-
-    async def _forget(self, job_id: str) -> None:
-        """A handed-over job's status: nothing left to keep (it expires anyway if this fails)."""
-        try:
-            await self.redis.delete(self.job_key(job_id))
-        except (RedisError, OSError) as exc:
-            log.debug("job %s: status not deleted (%s); it expires", job_id, exc)
 
     async def handed_over(self, job_id: str) -> JobResult | None:
         """A synchronous job's result if it is waiting to be taken (no blocking)."""
         raw = await self.redis.lpop(self.done_key(job_id))
-        if raw is None:
-            return None
-        await self._forget(job_id)
-        return read_result(raw)
+        return read_result(raw) if raw is not None else None
 
     async def result(self, job_id: str) -> JobResult | None:
         """An asynchronous job's stored result."""

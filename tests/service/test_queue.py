@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.contract import Job, JobItem, JobResult
-from service.queue import QueueFull, RedisQueue
+from service.queue import HANDOVER_TTL_S, QueueFull, RedisQueue
 
 
 def run(redis_server, body):
@@ -41,11 +41,9 @@ def test_submit_read_finish_wait(redis_server):
         assert await q.start([j.id], "w1") == [True]
         await q.finish([(entry, JobResult(status="succeeded", images=["x"]))])
         assert await q.wait(j.id, 1) == JobResult(status="succeeded", images=["x"])
-        for _ in range(100):  # handed over: nothing of it is kept (deleted after the answer, off its path)
-            if await q.status(j.id) is None:
-                break
-            await asyncio.sleep(0.01)
-        assert await q.status(j.id) is None
+        assert not await q.redis.exists(q.done_key(j.id))  # handed over: taken
+        assert (await q.status(j.id))["status"] == "succeeded"  # kept a little (a retried submit is a no-op)...
+        assert 0 < await q.redis.ttl(q.job_key(j.id)) <= HANDOVER_TTL_S  # ...then gone
         assert await q.depth() == 0  # acknowledged and deleted
 
     run(redis_server, body)

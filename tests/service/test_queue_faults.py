@@ -484,6 +484,24 @@ def test_a_submit_that_times_out_for_longer_than_a_few_seconds_is_still_retried(
     with_queue(redis_server.url, body)
 
 
+def test_a_submit_retried_after_its_result_was_taken_queues_nothing(redis_server):
+    """The retry of a submit whose answer was lost can come after the job ran and its waiter
+    took the result: the job's status outlives the hand-over, so nothing runs twice."""
+
+    async def body(queue, client):
+        j = a_job()
+        sid = await queue.submit(j, 10)
+        runner = FakeRunner()
+        worker = Worker(Settings(max_wait_ms=0), queue, runner, name="w")
+        await worker.process(await worker.gather())
+        assert (await queue.wait(j.id, 1)).status == "succeeded"
+        assert await queue.submit(j, 10) == sid and await queue.depth() == 0
+        assert await worker.gather() == [] and runner.ran == [j.id]
+        assert 0 < await client.ttl(queue.job_key(j.id)) <= HANDOVER_TTL_S  # it expires soon all the same
+
+    with_queue(redis_server.url, body)
+
+
 def test_a_result_that_lands_at_the_deadline_is_returned(redis_server):
     async def body(queue, client):
         j = a_job(deadline_s=1.0)
@@ -524,6 +542,34 @@ def test_clients_notice_a_dead_connection():
     kwargs = connect("redis://127.0.0.1:6399/0").connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] and kwargs["socket_keepalive"] and kwargs["socket_connect_timeout"]
     assert connect("redis://127.0.0.1:6399/0", blocking=True).connection_pool.connection_kwargs["socket_keepalive"]
+
+
+def test_a_redis_restart_fails_no_command_on_the_pooled_connections():
+    """After a restart every pooled connection is dead: each command finds out and is sent again
+    on a new connection, instead of failing once per pooled connection (a 503 with Redis up)."""
+    server = RedisServer()
+
+    async def main():
+        client, waiter = connect(server.url), connect(server.url, blocking=True)
+        queue = RedisQueue(client, prefix="restart", waiter=waiter)
+        await asyncio.gather(client.set("a", 1), client.blpop(["nothing"], timeout=0.1), waiter.ping())  # two pooled connections, one waiter
+        server.stop()
+        server.start()
+        try:
+            assert await client.ping() and await client.ping() and await client.get("a") is None  # empty after the restart
+            await queue.ensure_group()
+            j = a_job()
+            await queue.submit(j, 10)
+            assert await queue.depth() == 1
+            assert await queue.handed_over(j.id) is None and await waiter.ping()
+        finally:
+            await client.aclose()
+            await waiter.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
 
 
 def test_readyz_knows_when_the_in_process_workers_have_stopped():

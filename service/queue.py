@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -72,7 +73,7 @@ if st == 'queued' or st == 'running' then
   if ARGV[9] ~= '' then  -- a dead letter, recorded with the finish that fails it (once)
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'job', ARGV[10], 'reason', ARGV[9], 'deliveries', ARGV[11], 'stream_id', ARGV[5], 'time', ARGV[4])
   end
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished', ARGV[4])
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished', ARGV[4], 'finish', ARGV[13])
   if ARGV[7] == '1' then
     redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -81,6 +82,8 @@ if st == 'queued' or st == 'running' then
     redis.call('EXPIRE', KEYS[3], ARGV[8])
     redis.call('EXPIRE', KEYS[1], ARGV[8])
   end
+elseif st and redis.call('HGET', KEYS[1], 'finish') == ARGV[13] then
+  won = 1  -- this very finish, sent again after its reply was lost: it won the first time
 end
 redis.call('XACK', KEYS[4], ARGV[6], ARGV[5])
 redis.call('XDEL', KEYS[4], ARGV[5])
@@ -146,8 +149,12 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
 
     A command that finds its connection closed is sent once more on a new one: after a Redis
     restart every pooled connection is dead, and without it the first command on each failed
-    (a request answered 503 with Redis back up). Every command here bears a second try: the
-    scripts are idempotent or first-wins, and a read whose reply was lost is lost either way."""
+    (a request answered 503 with Redis back up). A command that Redis ran before the connection
+    closed then runs twice: submit and start are idempotent, a finish sent again reports the
+    win of its first run (its token), a cancel sent again finds the job cancelled, and a
+    progress event written again reaches its readers twice. A read whose reply was lost is lost
+    either way: a stream entry so read is taken over later, a hand-over so taken (BLPOP) ends
+    in a 504."""
     tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # a unix socket has no keepalive
     once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else SOCKET_TIMEOUT_S, health_check_interval=5, retry=once, **tcp)
@@ -313,13 +320,16 @@ class RedisQueue:
                 await self._start(keys=[self.job_key(job_id)], args=[consumer, now], client=pipe)
             return [bool(ok) for ok in await pipe.execute()]
 
-    async def finish(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None = None) -> list[bool]:
+    async def finish(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None = None, token: str | None = None) -> list[bool]:
         """Record results and acknowledge the entries: an asynchronous job's result is stored, a
         synchronous one handed to its waiting request. The first finish wins; returns, per entry,
         whether this one did (an entry without a readable job id is only acknowledged). With
         `dead_letter` (the reason), each entry whose finish wins is also copied, in the same
-        script, to the dead-letter stream for an operator to read (XRANGE p:dead - +)."""
-        now = time.time()
+        script, to the dead-letter stream for an operator to read (XRANGE p:dead - +).
+
+        `token` names this finish: one sent again with the same token (its reply was lost)
+        reports the win of its first run instead of a loss. Give the same one to every try."""
+        now, token = time.time(), token or uuid.uuid4().hex
 
         def call(entry: Entry, result: JobResult, client=None):
             job_id = entry.job_id or "-"
@@ -327,7 +337,7 @@ class RedisQueue:
             return self._finish(
                 keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
                 args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
-                      dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN],
+                      dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN, token],
                 client=client,
             )
 

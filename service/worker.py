@@ -224,10 +224,10 @@ class Worker:
         """Record results computed at a cost; a Redis that is away (a restart) is waited for, so
         that the work is not lost and run again by whoever takes the entries over. Finished
         entries leave the pending list; returns, per entry, whether this finish won."""
-        backoff = 0.1
+        backoff, token = 0.1, uuid.uuid4().hex  # one finish, however often sent: a try that Redis ran still wins
         while True:
             try:
-                won = await self.queue.finish(done, dead_letter=dead_letter)
+                won = await self.queue.finish(done, dead_letter=dead_letter, token=token)
                 finished = {e.stream_id for e, _ in done}
                 self._pending = [e for e in self._pending if e.stream_id not in finished]
                 return won

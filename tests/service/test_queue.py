@@ -86,6 +86,28 @@ def test_duplicate_finish_is_harmless_and_cancel_sticks(redis_server):
     run(redis_server, body)
 
 
+def test_a_finish_sent_again_reports_its_own_win_and_records_nothing_twice(redis_server, monkeypatch):
+    """A finish whose reply was lost is sent again on a new connection (queue.connect): that
+    second run must report the win of the first (else a webhook is not sent and a dead letter
+    not counted), and add no second dead letter; another worker's finish still loses."""
+    from service import queue as queue_module
+
+    async def body(q):
+        j = job(3, store=True)
+        await q.submit(j, 10)
+        (entry,) = await q.read("w1", 10, block_ms=100)
+        result = JobResult.failed(500, "delivered too often")
+        monkeypatch.setattr(queue_module.uuid, "uuid4", lambda: uuid.UUID(int=7))  # the same token, as a resend carries
+        assert await q.finish([(entry, result)], dead_letter="too often") == [True]
+        assert await q.finish([(entry, result)], dead_letter="too often") == [True]
+        assert await q.redis.xlen(q.dead) == 1
+        monkeypatch.setattr(queue_module.uuid, "uuid4", lambda: uuid.UUID(int=8))  # another finish
+        assert await q.finish([(entry, JobResult(status="succeeded", images=["x"]))]) == [False]
+        assert await q.result(j.id) == result and await q.redis.xlen(q.dead) == 1
+
+    run(redis_server, body)
+
+
 def test_wait_times_out(redis_server):
     async def body(q):
         j = job()

@@ -54,6 +54,10 @@ def with_queue(redis_url: str, body):
         client = aioredis.from_url(redis_url)
         queue = RedisQueue(client, prefix=f"q-{uuid.uuid4().hex[:8]}", job_ttl_s=120)
         await queue.ensure_group()
+        # takeover waits until Redis has been up for the idle time, and INFO counts whole
+        # seconds: a server started less than a second ago takes nothing over yet
+        while int((await client.info("server"))["uptime_in_seconds"]) < 1:
+            await asyncio.sleep(0.05)
         try:
             return await body(queue, client)
         finally:
@@ -290,6 +294,38 @@ def test_a_request_that_kills_its_workers_is_dead_lettered(redis_server):
         assert await queue.depth() == 0
         await worker.process(entries)  # a second finish of the same entries: no second dead letter
         assert len(await client.xrange(queue.dead)) == 1
+
+    with_queue(redis_server.url, body)
+
+
+def test_a_finish_whose_reply_was_lost_still_counts_as_won(redis_server, monkeypatch):
+    """Redis ran the finish but its reply was lost: the worker sends it again, and that try must
+    count as the win (the dead letter is counted once, as a webhook would be sent once), not as
+    a loss to some other worker."""
+    from service import metrics
+
+    async def body(queue, client):
+        poison = a_job(prompt="poison")
+        await queue.submit(poison, 10)
+        await queue.read("dead-0", 10, block_ms=None)
+        await asyncio.sleep(0.15)
+        real_finish, lost = RedisQueue.finish, []
+
+        async def reply_lost(self, done, dead_letter=None, token=None):
+            won = await real_finish(self, done, dead_letter=dead_letter, token=token)
+            if not lost:
+                lost.append(won)
+                raise RedisConnectionError("Connection closed by server.")
+            return won
+
+        monkeypatch.setattr(RedisQueue, "finish", reply_lost)
+        worker = Worker(Settings(claim_idle_ms=100, max_deliveries=1, max_wait_ms=0), queue, FakeRunner(), name="w")
+        entries = await worker.gather()
+        assert [e.deliveries for e in entries] == [2]
+        before = metrics.DEAD_LETTERS._value.get()
+        await worker.process(entries)
+        assert lost == [[True]] and metrics.DEAD_LETTERS._value.get() == before + 1
+        assert len(await client.xrange(queue.dead)) == 1 and await queue.depth() == 0
 
     with_queue(redis_server.url, body)
 

@@ -9,7 +9,8 @@ All in one run, on the built-in family:
      16 requests drawn together, with the compile time of that shape;
   2. the text encoder's, PNG encoder's and autoencoder's cost per request and per image;
   3. a real redis-server and `python -m service` (API + one worker), once eager
-     (FEWSTEP_COMPILE=0, the previous default) and once compiled: cold start to /readyz; for
+     (FEWSTEP_COMPILE=0, the previous default) and once compiled (on a GPU also compiled with
+     CUDA graphs, FEWSTEP_CUDA_GRAPHS=1): cold start to /readyz; for
      steps 1, 2, 4, 8 the end-to-end latency of one request at a time against the model time
      the worker measured (`model_seconds`), the step counts interleaved, with httpx and with a
      minimal keep-alive client, and a GET /healthz for the HTTP round trip alone;
@@ -191,8 +192,9 @@ def _median_ms(fn, repeats: int, device: str = "cpu") -> float:
 
 def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7, device: str = "cpu", dtype=None) -> list[dict]:
     """Model time of a lone 4-step request and images/s of 16 requests in one batch, per fixed
-    row count, eager and compiled, and per torch thread count (in process; the service's
-    in-process worker runs eager networks on all cores but one, compiled ones on all)."""
+    row count, eager and compiled (on a GPU also compiled with CUDA graphs), and per torch
+    thread count (in process; the service's in-process worker runs eager networks on all cores
+    but one, compiled ones on all)."""
     import os
 
     import torch
@@ -205,20 +207,24 @@ def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7, device: str = "cpu", dtyp
     family = Family(BUILTIN_DIR / DEFAULT_FAMILY, device, dtype or torch.float32)
     lone = [Request(seed=0, guidance=1.0, prompt="a red circle")]
     many = [Request(seed=k, guidance=1.0, prompt=PROMPTS[k % len(PROMPTS)]) if k % 2 else Request(seed=k, guidance=1.0, class_label=k % 14) for k in range(16)]
+    kinds = {"eager": {}, "compiled": {"compile": True}}
+    if device.startswith("cuda"):
+        kinds["CUDA graphs"] = {"compile": True, "compile_mode": "reduce-overhead"}
     rows = []
     for fixed in sizes:
-        for compiled in (False, True):
-            pipe = Pipeline(family, fixed_batch=fixed, compile=compiled)
+        for kind, options in kinds.items():
+            pipe = Pipeline(family, fixed_batch=fixed, **options)
             start = time.perf_counter()
             pipe.generate(lone, steps=4)  # compiles this shape
             warm_s = time.perf_counter() - start
-            for threads in sorted({max(1, cores - 1), cores}):
+            for threads in sorted({max(1, cores - 1), cores}) if device == "cpu" else [torch.get_num_threads()]:
                 torch.set_num_threads(threads)
                 pipe.generate(many, steps=4)
+                pipe.generate(lone, steps=4)  # CUDA graphs record on a second call
                 lone_ms = _median_ms(lambda: pipe.generate(lone, steps=4), repeats, device)
                 many_ms = _median_ms(lambda: pipe.generate(many, steps=4), max(3, repeats // 2), device)
-                rows.append({"fixed": fixed, "compiled": compiled, "threads": threads, "first_call_s": warm_s, "lone_ms": lone_ms, "images_per_s": 16 / (many_ms / 1000)})
-                print(f"[bench] fixed {fixed:2d} {'compiled' if compiled else 'eager   '} {threads} threads: lone {lone_ms:.1f} ms, 16 at once {16 / (many_ms / 1000):.1f} images/s", flush=True)
+                rows.append({"fixed": fixed, "networks": kind, "threads": threads, "first_call_s": warm_s, "lone_ms": lone_ms, "images_per_s": 16 / (many_ms / 1000)})
+                print(f"[bench] fixed {fixed:2d} {kind:11s} {threads} threads: lone {lone_ms:.1f} ms, 16 at once {16 / (many_ms / 1000):.1f} images/s", flush=True)
     torch.set_num_threads(cores)
     return rows
 
@@ -272,9 +278,9 @@ def _service_lines(label: str, r: dict) -> list[str]:
     return lines + [""]
 
 
-def report(table: list[dict], cost: dict, eager: dict, compiled: dict) -> str:
+def report(table: list[dict], cost: dict, eager: dict, compiled: dict, graphs: dict | None = None) -> str:
     lines = ["## Batch shapes (in process, 4 steps)", "", "| rows per call | networks | torch threads | first call (s) | lone request (ms) | 16 at once (images/s) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['fixed']} | {'compiled' if r['compiled'] else 'eager'} | {r['threads']} | {r['first_call_s']:.1f} | {r['lone_ms']:.1f} | {r['images_per_s']:.1f} |" for r in table]
+    lines += [f"| {r['fixed']} | {r['networks']} | {r['threads']} | {r['first_call_s']:.1f} | {r['lone_ms']:.1f} | {r['images_per_s']:.1f} |" for r in table]
     lines += ["", "## Costs beside the network", "",
               f"- text encoder, a prompt not in the cache: {cost['text_new_ms']:.1f} ms for one request, {cost['text_new_per_image_ms']:.2f} ms per image in a batch of 16; a cached prompt {cost['text_cached_ms']:.2f} ms",
               f"- PNG encoding with its settings chunks: {cost['png_ms']:.2f} ms per image",
@@ -287,6 +293,8 @@ def report(table: list[dict], cost: dict, eager: dict, compiled: dict) -> str:
               "the requests; \"end-to-end - model\" is the median of each request's own difference (not the difference of the two "
               "medians), with httpx and with the minimal keep-alive client.", ""]
     lines += _service_lines("eager (FEWSTEP_COMPILE=0, the previous default; torch on all cores but one)", eager) + _service_lines("compiled (the default; torch on all cores)", compiled)
+    if graphs is not None:
+        lines += _service_lines("compiled with CUDA graphs (FEWSTEP_CUDA_GRAPHS=1)", graphs)
     def at16(r: dict) -> float:  # images/s at concurrency 16 (the highest measured, without it)
         return next((t for t in r["thru"] if t["concurrency"] == 16), r["thru"][-1])["images_per_s"]
 
@@ -303,6 +311,10 @@ def report(table: list[dict], cost: dict, eager: dict, compiled: dict) -> str:
         f"({min(minimal):.1f}-{max(minimal):.1f} ms; at 4 steps {100 * c4['minimal_fixed_ms'] / c4['model_ms']:.1f}%). The difference is the client's own work, on the same cores.",
         f"Cold start to /readyz with compilation: {compiled['start_s']:.1f} s (target <= 30 s; the compiled code is cached on disk by torch, so a later start reuses it).",
     ]
+    if graphs is not None:
+        g4 = next(o for o in graphs["over"] if o["steps"] == 4)
+        lines.append(f"CUDA graphs against compiled alone: images/s at concurrency 16 {at16(graphs) / c16:.2f}x ({at16(graphs):.1f} vs {c16:.1f}); "
+                     f"lone 4-step {g4['e2e_ms']:.1f} vs {c4['e2e_ms']:.1f} ms end to end; cold start {graphs['start_s']:.1f} s.")
     return "\n".join(lines)
 
 
@@ -354,7 +366,10 @@ def main() -> int:
     cost = costs(device=device, dtype=dtype)
     eager = service_run({**overrides, "device": device, "compile": "0"}, args.requests, args.duration, args.concurrency)  # the eager default: torch on all cores but one
     compiled = service_run({**overrides, "device": device, "compile": "1"}, args.requests, args.duration, args.concurrency)
-    text = report(table, cost, eager, compiled)
+    graphs = None
+    if device.startswith("cuda"):
+        graphs = service_run({**overrides, "device": device, "compile": "1", "cuda_graphs": "1"}, args.requests, args.duration, args.concurrency)
+    text = report(table, cost, eager, compiled, graphs)
     if overrides:
         text = f"Settings: {overrides}\n\n{text}"
     print(text)

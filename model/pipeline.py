@@ -7,9 +7,13 @@ exactly that many rows (the batch is cut into chunks and the last chunk padded),
 request's pixels are bit-identical whatever shares its batch: CPU and GPU kernels pick
 their arithmetic by shape, and a different batch size changes the last bits.
 
-With `compile`, the networks run under `torch.compile` (inductor; no CUDA graphs) for the one shape the worker calls them with, `fixed_batch` rows; each is
-compiled on its first call (the service does that during warm-up). Students share one graph:
-they differ in weights only.
+With `compile`, the networks run under `torch.compile` (inductor) for the one shape the worker
+calls them with, `fixed_batch` rows; each is compiled on its first call (the service does that
+during warm-up). Students share one graph: they differ in weights only. `compile_mode=
+"reduce-overhead"` adds CUDA graphs on a GPU (a graph replays a network's kernels with one
+launch). Their graphs are kept per thread, so one thread must warm up and run them; each call
+starts a new graph step and copies the output out of the graph's memory, which the next replay
+overwrites.
 """
 
 from __future__ import annotations
@@ -29,6 +33,19 @@ from .samplers import img2img_evaluations, img2img_start, off_grid, sample_ddim,
 
 
 StepPreview = Callable[[int, int, int, torch.Tensor], None]  # (step k, steps n, first row, previews)
+COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes; reduce-overhead: CUDA graphs on a GPU
+
+
+def graph_safe(network: Callable) -> Callable:
+    """A network compiled with CUDA graphs, called as a plain one: every call is a new graph
+    step, and its output is copied out of the graph's memory (the next replay writes there)."""
+
+    def call(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return network(*args, **kwargs).clone()
+
+    call.compiled = network
+    return call
 
 
 @dataclass
@@ -43,15 +60,18 @@ class Request:
 
 
 class Pipeline:
-    def __init__(self, family: Family, fixed_batch: int | None = None, compile: bool = False):
+    def __init__(self, family: Family, fixed_batch: int | None = None, compile: bool = False, compile_mode: str = "default"):
         if fixed_batch is not None and fixed_batch < 1:
             raise ValueError(f"fixed_batch must be a positive number of rows, got {fixed_batch}")
         if compile and fixed_batch is None:
             raise ValueError("compile needs fixed_batch: compiled networks are specialised to one batch shape")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
         self.family = family
         self.fixed_batch = fixed_batch
         self.compile = compile
-        self._compiled: dict[int, torch.nn.Module] = {}
+        self.compile_mode = compile_mode
+        self._compiled: dict[int, Callable] = {}
         info = family.info
         self.text_encoder = None
         if info.text_encoder:
@@ -103,15 +123,14 @@ class Pipeline:
         chunks = [self._generate(padded[i : i + size], steps, stochastic, on_step, i) for i in range(0, len(padded), size)]
         return torch.cat(chunks)[: len(requests)]
 
-    def network(self, model: torch.nn.Module) -> torch.nn.Module:
+    def network(self, model: torch.nn.Module) -> Callable:
         """`model`, compiled when the pipeline compiles (cached per model)."""
         if not self.compile:
             return model
         key = id(model)
         if key not in self._compiled:
-            # no CUDA graphs ("reduce-overhead"): torch keeps them per thread, and the worker runs
-            # its batches on a pool of threads
-            self._compiled[key] = torch.compile(model, dynamic=False)
+            compiled = torch.compile(model, dynamic=False, mode=None if self.compile_mode == "default" else self.compile_mode)
+            self._compiled[key] = graph_safe(compiled) if self.compile_mode == "reduce-overhead" else compiled
         return self._compiled[key]
 
     def eager(self) -> None:

@@ -152,10 +152,10 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
 
 
 async def _start_workers(state: State, count: int) -> None:
-    from .worker import Worker, build_runner  # torch: only a process that runs models imports it
+    from .worker import Worker, load_runner  # torch: only a process that runs models imports it
 
     try:
-        runner = await asyncio.to_thread(build_runner, state.settings, state.registry.paths, beside_api=True)
+        runner = await load_runner(state.settings, state.registry.paths, beside_api=True)
     except Exception as exc:
         state.startup_error = f"loading models failed: {exc}"
         log.exception("loading models failed")

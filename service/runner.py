@@ -10,6 +10,7 @@ import base64
 import io
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -39,13 +40,22 @@ def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
 
 
 class Runner:
-    def __init__(self, paths: dict, *, device: str = "auto", dtype: str = "auto", fixed_batch: int | None = None, compile: bool = False):
+    def __init__(self, paths: dict, *, device: str = "auto", dtype: str = "auto", fixed_batch: int | None = None, compile: bool = False,
+                 cuda_graphs: bool = False):
         self.device, self.dtype = pick_device(device, dtype)
         if compile and fixed_batch is None:
             log.warning("FEWSTEP_COMPILE needs FEWSTEP_FIXED_BATCH (compiled networks take one batch shape); running eagerly")
             compile = False
-        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile) for name, path in paths.items()}
-        log.info("loaded %s on %s (%s)", sorted(self.pipelines), self.device, self.dtype)
+        if cuda_graphs and not (compile and self.device.startswith("cuda")):
+            log.warning("FEWSTEP_CUDA_GRAPHS needs compiled networks on a CUDA device (here: %s, %s); not used",
+                        self.device, "compiled" if compile else "eager")
+            cuda_graphs = False
+        self.cuda_graphs = cuda_graphs
+        self.thread: ThreadPoolExecutor | None = None  # the one thread that warms up and runs it (worker.load_runner)
+        mode = "reduce-overhead" if cuda_graphs else "default"
+        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile, compile_mode=mode)
+                          for name, path in paths.items()}
+        log.info("loaded %s on %s (%s%s)", sorted(self.pipelines), self.device, self.dtype, ", CUDA graphs" if cuda_graphs else "")
 
     @property
     def compiles(self) -> bool:
@@ -53,8 +63,10 @@ class Runner:
         return bool(self.pipelines) and all(pipe.compile for pipe in self.pipelines.values())
 
     def warm_up(self) -> None:
-        """Load every student and run it once, so the first request pays no loading (or
-        compilation) cost. A platform where compilation fails runs eagerly, with a warning."""
+        """Load every student and run it once (with CUDA graphs: three times, the graphs are
+        recorded on the second call), so the first request pays no loading, compilation or
+        recording cost. A platform where compilation fails runs eagerly, with a warning. Call it
+        on the thread that will run the batches: CUDA graphs are kept per thread."""
         for name, pipe in self.pipelines.items():
             start = time.perf_counter()
             try:
@@ -71,13 +83,14 @@ class Runner:
     def _warm(pipe: Pipeline) -> None:
         info = pipe.family.info
         req = Request(seed=0, guidance=info.guidance_range[0], class_label=0 if info.class_names else None, prompt=None if info.class_names else "warm up")
-        for steps in info.distilled_steps:
-            pipe.generate([req], steps=steps)
-        for steps in info.stochastic_steps:
-            pipe.generate([req], steps=steps, stochastic=True)
-        if "stage1" in info.checkpoints and info.resolution:  # img2img between grid points takes one stage-1 step
-            side = info.resolution
-            pipe.generate([Request(seed=0, guidance=req.guidance, class_label=req.class_label, prompt=req.prompt, image=torch.zeros(3, side, side), strength=0.7)], steps=min(info.distilled_steps))
+        for _ in range(3 if pipe.compile and pipe.compile_mode == "reduce-overhead" else 1):
+            for steps in info.distilled_steps:
+                pipe.generate([req], steps=steps)
+            for steps in info.stochastic_steps:
+                pipe.generate([req], steps=steps, stochastic=True)
+            if "stage1" in info.checkpoints and info.resolution:  # img2img between grid points takes one stage-1 step
+                side = info.resolution
+                pipe.generate([Request(seed=0, guidance=req.guidance, class_label=req.class_label, prompt=req.prompt, image=torch.zeros(3, side, side), strength=0.7)], steps=min(info.distilled_steps))
 
     def run(self, jobs: list[Job], on_event: Callable[[str, dict], None] | None = None) -> list[JobResult]:
         """One forward pass for jobs that share (model, steps, stochastic); one result per job.

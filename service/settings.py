@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
     torch_threads: int | None = Field(default=None, ge=1)
     compile: bool = True  # torch.compile the networks for the fixed batch shape during warm-up (FEWSTEP_COMPILE=0: eager)
+    cuda_graphs: bool = False  # on a CUDA device, compile with CUDA graphs (torch.compile mode "reduce-overhead"); ignored elsewhere
 
     # batching
     max_batch_size: int = Field(default=16, ge=1, le=256)  # requests per forward pass

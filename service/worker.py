@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -206,7 +208,8 @@ class Worker:
         await events.started()
         self._batch_started = time.monotonic()
         try:
-            return await asyncio.to_thread(self._execute, jobs, events.on_event if events.job_ids else None)
+            # on the runner's thread (load_runner), where its warm-up ran; a runner without one: any
+            return await asyncio.get_running_loop().run_in_executor(getattr(self.runner, "thread", None), self._execute, jobs, events.on_event if events.job_ids else None)
         except Exception as exc:
             log.exception("worker %s: batch of %d failed", self.name, len(jobs))
             return [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
@@ -325,7 +328,8 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
     docs/benchmarks/service.md)."""
     import torch
 
-    runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch, compile=settings.compile)
+    runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch, compile=settings.compile,
+                    cuda_graphs=settings.cuda_graphs)
     threads = settings.torch_threads
     spare_one = threads is None and beside_api and runner.device == "cpu"
     if threads:
@@ -338,6 +342,20 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
     return runner
 
 
+async def load_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -> Runner:
+    """`build_runner` on a thread of the runner's own, which then runs every batch of the
+    workers that share it (Worker): CUDA graphs are kept per thread, so the warm-up must record
+    them on the thread that replays them."""
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewstep-model")
+    try:
+        runner = await asyncio.get_running_loop().run_in_executor(thread, functools.partial(build_runner, settings, paths, beside_api=beside_api))
+    except BaseException:
+        thread.shutdown(wait=False)
+        raise
+    runner.thread = thread
+    return runner
+
+
 async def _main(settings: Settings, metrics_port: int | None) -> None:
     from .registry import discover
 
@@ -347,7 +365,7 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    runner = await asyncio.to_thread(build_runner, settings, discover(settings.models_dir))
+    runner = await load_runner(settings, discover(settings.models_dir))
     client = connect(settings.redis_url)
     worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s), runner)
     stop = asyncio.Event()

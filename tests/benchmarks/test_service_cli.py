@@ -46,7 +46,10 @@ def test_the_verdicts_judge_the_figures_as_printed():
     missed = report([], cost, eager, _service([2.5, 2.6, 2.7, 3.06], [2.0, 2.1, 2.2, 2.9], e2e4=60.0, per_s=80.0))
     assert "with httpx MISSED (2.5-3.1 ms" in missed and "minimal keep-alive client met (2.0-2.9 ms" in missed
     assert "concurrency 16 >= 1.4x the eager default: MISSED (1.23x" in missed and "lone 4-step latency no worse than eager: MISSED" in missed
-    assert "median of each request's own difference" in met
+    assert "median of each request's own difference" in met and "CUDA graphs" not in met
+    graphs = report([], cost, eager, _service([2.0] * 4, [1.5] * 4), _service([1.5] * 4, [1.0] * 4, e2e4=20.0, per_s=120.0, start_s=20.0))
+    assert "compiled with CUDA graphs (FEWSTEP_CUDA_GRAPHS=1)" in graphs
+    assert "CUDA graphs against compiled alone: images/s at concurrency 16 1.20x (120.0 vs 100.0); lone 4-step 20.0 vs 30.0 ms end to end; cold start 20.0 s." in graphs
 
 
 def test_the_minimal_client_reads_answers_and_refuses_errors(service):

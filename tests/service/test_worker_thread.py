@@ -1,0 +1,102 @@
+"""The model thread: a runner is built, warmed up and run on one thread of its own (CUDA graphs
+are kept per thread), and FEWSTEP_CUDA_GRAPHS takes effect only where it can."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+import torch
+
+from model.builtin import BUILTIN_DIR
+from service import worker as worker_module
+from service.contract import Job, JobItem, JobResult
+from service.queue import RedisQueue
+from service.runner import Runner
+from service.settings import Settings
+from service.worker import Worker, load_runner
+
+
+class ThreadRecordingRunner:
+    """Records the thread it was built on and the threads its batches ran on."""
+
+    def __init__(self):
+        self.built_on, self.ran_on = threading.get_ident(), []
+
+    def run(self, jobs, on_event=None):
+        self.ran_on.append(threading.get_ident())
+        return [JobResult(status="succeeded", model=j.model, steps=j.steps, images=["img"]) for j in jobs]
+
+
+def test_batches_run_on_the_thread_that_built_and_warmed_up_the_runner(redis_server, monkeypatch):
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: ThreadRecordingRunner())
+
+    async def main():
+        runner = await load_runner(Settings(), {})
+        client = aioredis.from_url(redis_server.url)
+        queue = RedisQueue(client, prefix=f"mt-{uuid.uuid4().hex[:8]}", job_ttl_s=60)
+        await queue.ensure_group()
+        workers = [Worker(Settings(max_wait_ms=0), queue, runner, name=f"w{k}") for k in range(2)]  # two workers share the runner
+        try:
+            for k in range(6):
+                now = time.time()
+                job = Job(id=uuid.uuid4().hex, endpoint="generate", model="shapes", steps=4, stochastic=False, format="png", created=now,
+                          deadline=now + 60, store_result=k % 2 == 0, items=[JobItem(seed=k, guidance=1.0, class_label=k)])
+                await queue.submit(job, 10)
+                w = workers[k % 2]
+                await w.process(await w.gather())
+                assert (await queue.status(job.id))["status"] == "succeeded"
+        finally:
+            runner.thread.shutdown()
+            await client.aclose()
+        return runner
+
+    runner = asyncio.run(main())
+    assert runner.built_on != threading.get_ident() and runner.ran_on == [runner.built_on] * 6
+
+
+def test_cuda_graphs_are_not_used_off_a_gpu_or_without_compiling(caplog):
+    paths = {"shapes": BUILTIN_DIR / "shapes"}
+    with caplog.at_level(logging.WARNING, logger="fewstep.runner"):
+        eager = Runner(paths, device="cpu", fixed_batch=4, compile=False, cuda_graphs=True)
+        compiled = Runner(paths, device="cpu", fixed_batch=4, compile=True, cuda_graphs=True)
+    assert not eager.cuda_graphs and not compiled.cuda_graphs
+    assert compiled.pipelines["shapes"].compile_mode == "default"
+    assert sum("FEWSTEP_CUDA_GRAPHS needs compiled networks on a CUDA device" in r.message for r in caplog.records) == 2
+
+
+def test_a_bad_compile_mode_is_refused():
+    from model.family import Family
+    from model.pipeline import Pipeline
+
+    with pytest.raises(ValueError, match="compile_mode must be one of default, reduce-overhead"):
+        Pipeline(Family(BUILTIN_DIR / "shapes"), fixed_batch=4, compile=True, compile_mode="max-speed")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_students_match_eager_and_keep_earlier_outputs():
+    """On a GPU: students under CUDA graphs give the eager pixels within float16 rounding, the
+    same pixels for a seed whatever its batch mates, and a result is not overwritten by the
+    next batch's replay."""
+    from model.family import Family
+    from model.pipeline import Pipeline, Request
+
+    family = Family(BUILTIN_DIR / "shapes", "cuda", torch.float16)
+    eager = Pipeline(family, fixed_batch=4)
+    graphs = Pipeline(family, fixed_batch=4, compile=True, compile_mode="reduce-overhead")
+    batch = [Request(seed=k, guidance=float(k % 3), class_label=k % 14) if k % 2 else Request(seed=k, guidance=1.0, prompt="a red circle") for k in range(6)]
+    for _ in range(3):  # warm up, record, replay
+        first = graphs.generate(batch, steps=4)
+    kept = first.clone()
+    other = graphs.generate([Request(seed=99, guidance=4.0, class_label=7)] * 4, steps=4)
+    assert torch.equal(first, kept), "a later replay overwrote an earlier result"
+    assert (other[0] - first[0]).abs().max() > 0.1
+    for k, r in enumerate(batch):
+        assert torch.equal(graphs.generate([r], steps=4)[0], first[k])
+    diff = (first.float() - eager.generate(batch, steps=4).float()).abs().max().item()
+    assert diff < 2e-2, f"CUDA graphs differ from eager by {diff}"

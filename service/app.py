@@ -163,4 +163,7 @@ async def _start_workers(state: State, count: int) -> None:
     state.ready = True
     log.info("models loaded and warmed up; ready")
     workers = [Worker(state.settings, state.queue, runner) for _ in range(count)]
-    await asyncio.gather(*(w.run(state.stop) for w in workers))
+    try:
+        await asyncio.gather(*(w.run(state.stop) for w in workers))
+    finally:
+        runner.thread.shutdown(wait=False, cancel_futures=True)

@@ -337,7 +337,7 @@ class RedisQueue:
             return self._finish(
                 keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
                 args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
-                      dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN, token],
+                      dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN, f"{token}:{entry.stream_id}"],
                 client=client,
             )
 

@@ -50,7 +50,6 @@ class Runner:
             log.warning("FEWSTEP_CUDA_GRAPHS needs compiled networks on a CUDA device (here: %s, %s); not used",
                         self.device, "compiled" if compile else "eager")
             cuda_graphs = False
-        self.cuda_graphs = cuda_graphs
         self.thread: ThreadPoolExecutor | None = None  # the one thread that warms up and runs it (worker.load_runner)
         mode = "reduce-overhead" if cuda_graphs else "default"
         self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile, compile_mode=mode)
@@ -61,6 +60,11 @@ class Runner:
     def compiles(self) -> bool:
         """Whether every family runs compiled networks (False once one fell back to eager)."""
         return bool(self.pipelines) and all(pipe.compile for pipe in self.pipelines.values())
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether every family runs its networks under CUDA graphs (False once one fell back to eager)."""
+        return self.compiles and all(pipe.compile_mode == "reduce-overhead" for pipe in self.pipelines.values())
 
     def warm_up(self) -> None:
         """Load every student and run it once (with CUDA graphs: three times, the graphs are
@@ -77,7 +81,13 @@ class Runner:
                 log.warning("compiling %s failed (%s: %s); it runs eagerly", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 pipe.eager()
                 self._warm(pipe)
-            log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, "compiled" if pipe.compile else "eager")
+            log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
+        if any(pipe.compile and pipe.compile_mode == "reduce-overhead" for pipe in self.pipelines.values()):
+            from torch._dynamo.utils import counters
+
+            skipped = counters["inductor"]["cudagraph_skips"]
+            if skipped:  # torch runs such graphs without CUDA graphs, and says so only in its perf hints
+                log.warning("CUDA graphs were skipped for %d compiled graphs (TORCH_LOGS=perf_hints says why); those run without them", skipped)
 
     @staticmethod
     def _warm(pipe: Pipeline) -> None:
@@ -102,7 +112,7 @@ class Runner:
         start = time.perf_counter()
         images = pipe.generate(requests, steps=first.steps, stochastic=first.stochastic, on_step=_previews(jobs, on_event))
         if images.is_cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(images.device)
         model_s = time.perf_counter() - start
         metrics.BATCH_SIZE.observe(len(jobs))
         metrics.BATCH_IMAGES.observe(len(requests))
@@ -133,6 +143,12 @@ class Runner:
 
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _kind(pipe: Pipeline) -> str:
+    if not pipe.compile:
+        return "eager"
+    return "compiled, CUDA graphs" if pipe.compile_mode == "reduce-overhead" else "compiled"
 
 
 def _previews(jobs: list[Job], on_event: Callable[[str, dict], None] | None):

@@ -378,6 +378,7 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
     try:
         await worker.run(stop)
     finally:
+        runner.thread.shutdown(wait=False, cancel_futures=True)
         await client.aclose()
 
 

@@ -21,6 +21,8 @@ from service.testing import ROOT
         (["--requests", "0"], "--requests must be at least 1"),
         (["--duration", "0"], "--duration above 0"),
         (["--set", "device=cpu"], "choose the device with --device"),
+        (["--set", "DEVICE=cpu"], "choose the device with --device"),
+        (["--set", "cuda_graphs=1"], "not settings of this benchmark"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args, message):
@@ -46,6 +48,10 @@ def test_the_verdicts_judge_the_figures_as_printed():
     missed = report([], cost, eager, _service([2.5, 2.6, 2.7, 3.06], [2.0, 2.1, 2.2, 2.9], e2e4=60.0, per_s=80.0))
     assert "with httpx MISSED (2.5-3.1 ms" in missed and "minimal keep-alive client met (2.0-2.9 ms" in missed
     assert "concurrency 16 >= 1.4x the eager default: MISSED (1.23x" in missed and "lone 4-step latency no worse than eager: MISSED" in missed
+    assert "overhead at 4 steps <= 8% of the model time: with httpx MISSED (10.0%); with the minimal client MISSED (8.1%)" in missed
+    assert "at 4 steps <= 8% of the model time: with httpx met (" not in met and "cold start to /readyz with compilation <= 30 s: met (12.0 s" in met
+    edge = report([], cost, _service([4.0] * 4, [3.0] * 4, per_s=100.0), _service([2.0] * 4, [1.5] * 4, per_s=139.96))  # 1.3996 prints as 1.40
+    assert "1.4x the eager default: met (1.40x" in edge
     assert "median of each request's own difference" in met and "CUDA graphs" not in met
     graphs = report([], cost, eager, _service([2.0] * 4, [1.5] * 4), _service([1.5] * 4, [1.0] * 4, e2e4=20.0, per_s=120.0, start_s=20.0))
     assert "compiled with CUDA graphs (FEWSTEP_CUDA_GRAPHS=1)" in graphs

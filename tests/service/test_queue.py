@@ -108,6 +108,24 @@ def test_a_finish_sent_again_reports_its_own_win_and_records_nothing_twice(redis
     run(redis_server, body)
 
 
+def test_two_entries_of_one_job_finished_together_win_once(redis_server):
+    """The token names each entry's finish, not the call: of two entries of the same job in one
+    finish (a stale copy beside it), only the first wins."""
+
+    async def body(q):
+        j = job(4, store=True)
+        await q.submit(j, 10)
+        await q.redis.xadd(q.stream, {"job": j.model_dump_json()})  # a second entry of the same job
+        entries = await q.read("w1", 10, block_ms=100)
+        assert [e.job.id for e in entries] == [j.id, j.id]
+        result = JobResult(status="succeeded", images=["x"])
+        assert await q.finish([(e, result) for e in entries], token="one-call") == [True, False]
+        assert await q.finish([(e, result) for e in entries], token="one-call") == [True, False]  # resent: the same answer
+        assert await q.depth() == 0
+
+    run(redis_server, body)
+
+
 def test_wait_times_out(redis_server):
     async def body(q):
         j = job()

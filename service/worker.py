@@ -206,7 +206,6 @@ class Worker:
         jobs = [e.job for e in run]
         events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
         await events.started()
-        self._batch_started = time.monotonic()
         try:
             # on the runner's thread (load_runner), where its warm-up ran; a runner without one: any
             return await asyncio.get_running_loop().run_in_executor(getattr(self.runner, "thread", None), self._execute, jobs, events.on_event if events.job_ids else None)
@@ -235,13 +234,14 @@ class Worker:
                 self._pending = [e for e in self._pending if e.stream_id not in finished]
                 return won
             except REDIS_TROUBLE as exc:
-                if self._stop.is_set():  # shutting down: the entries stay pending and are taken over
+                if self._stop.is_set() and backoff > 0.1:  # shutting down, and tried again: the entries stay pending and are taken over
                     raise
                 log.warning("worker %s: could not record %d results (%s); retrying in %.1fs", self.name, len(done), exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
     def _execute(self, jobs: list, on_event=None) -> list[JobResult]:
+        self._batch_started = time.monotonic()  # here, on the model thread: not while it waits behind another worker's batch
         s = self.settings
         if s.test_crash_prompt is not None and any(it.prompt == s.test_crash_prompt for j in jobs for it in j.items):
             log.error("worker %s: test hook: a request asked for the crash prompt; exiting at once", self.name)

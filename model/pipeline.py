@@ -44,7 +44,6 @@ def graph_safe(network: Callable) -> Callable:
         torch.compiler.cudagraph_mark_step_begin()
         return network(*args, **kwargs).clone()
 
-    call.compiled = network
     return call
 
 
@@ -123,6 +122,11 @@ class Pipeline:
         chunks = [self._generate(padded[i : i + size], steps, stochastic, on_step, i) for i in range(0, len(padded), size)]
         return torch.cat(chunks)[: len(requests)]
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether its networks run compiled with CUDA graphs (not after a fall back to eager)."""
+        return self.compile and self.compile_mode == "reduce-overhead"
+
     def network(self, model: torch.nn.Module) -> Callable:
         """`model`, compiled when the pipeline compiles (cached per model)."""
         if not self.compile:
@@ -130,7 +134,7 @@ class Pipeline:
         key = id(model)
         if key not in self._compiled:
             compiled = torch.compile(model, dynamic=False, mode=None if self.compile_mode == "default" else self.compile_mode)
-            self._compiled[key] = graph_safe(compiled) if self.compile_mode == "reduce-overhead" else compiled
+            self._compiled[key] = graph_safe(compiled) if self.cuda_graphs else compiled
         return self._compiled[key]
 
     def eager(self) -> None:

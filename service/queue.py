@@ -9,7 +9,8 @@ Keys, under a prefix p (default "fewstep"):
                   worker and is taken over (XAUTOCLAIM). An entry delivered more than
                   max_deliveries times is failed and copied to the dead-letter stream.
   p:dead          the dead-letter stream: requests that ended their workers too often (job, reason).
-  p:job:{id}      hash: status (queued, running, succeeded, failed, cancelled), stream id, times;
+  p:job:{id}      hash: status (queued, running, succeeded, failed, cancelled), stream id, times,
+                  the token of the finish that won;
                   a synchronous request's expires HANDOVER_TTL_S after its finish (until then a
                   retried submit of it stays a no-op); nothing deletes it on the request's path.
   p:result:{id}   an asynchronous job's result (a contract.JobResult), kept job_ttl_s.

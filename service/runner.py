@@ -64,7 +64,7 @@ class Runner:
     @property
     def cuda_graphs(self) -> bool:
         """Whether every family runs its networks under CUDA graphs (False once one fell back to eager)."""
-        return self.compiles and all(pipe.compile_mode == "reduce-overhead" for pipe in self.pipelines.values())
+        return bool(self.pipelines) and all(pipe.cuda_graphs for pipe in self.pipelines.values())
 
     def warm_up(self) -> None:
         """Load every student and run it once (with CUDA graphs: three times, the graphs are
@@ -82,7 +82,7 @@ class Runner:
                 pipe.eager()
                 self._warm(pipe)
             log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
-        if any(pipe.compile and pipe.compile_mode == "reduce-overhead" for pipe in self.pipelines.values()):
+        if any(pipe.cuda_graphs for pipe in self.pipelines.values()):
             from torch._dynamo.utils import counters
 
             skipped = counters["inductor"]["cudagraph_skips"]
@@ -93,7 +93,7 @@ class Runner:
     def _warm(pipe: Pipeline) -> None:
         info = pipe.family.info
         req = Request(seed=0, guidance=info.guidance_range[0], class_label=0 if info.class_names else None, prompt=None if info.class_names else "warm up")
-        for _ in range(3 if pipe.compile and pipe.compile_mode == "reduce-overhead" else 1):
+        for _ in range(3 if pipe.cuda_graphs else 1):
             for steps in info.distilled_steps:
                 pipe.generate([req], steps=steps)
             for steps in info.stochastic_steps:
@@ -148,7 +148,7 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 def _kind(pipe: Pipeline) -> str:
     if not pipe.compile:
         return "eager"
-    return "compiled, CUDA graphs" if pipe.compile_mode == "reduce-overhead" else "compiled"
+    return "compiled, CUDA graphs" if pipe.cuda_graphs else "compiled"
 
 
 def _previews(jobs: list[Job], on_event: Callable[[str, dict], None] | None):

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors, metrics, pages
 from .openai_routes import router as openai_router
-from .queue import RedisQueue, connect
+from .queue import RedisQueue, connect, connect_sync
 from .registry import Registry
 from .routes import router
 from .settings import Settings
@@ -110,7 +110,8 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
     workers = settings.workers if workers is None else workers
     registry = Registry(settings.models_dir, settings.default_model, settings.default_text_model)
     client, waiter = connect(redis_url), connect(redis_url, blocking=True)
-    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter), workers=workers)
+    sync = connect_sync(redis_url) if workers else None  # for the workers' model thread (no connection until used)
+    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter, sync=sync), workers=workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -131,6 +132,8 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
             await asyncio.gather(*state.tasks, return_exceptions=True)
             await client.aclose()
             await waiter.aclose()
+            if sync is not None:
+                sync.close()
 
     app = FastAPI(
         title="fewstep",

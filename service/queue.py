@@ -32,9 +32,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -141,6 +143,7 @@ CANCELLED = JobResult.failed(409, "the request was cancelled")
 
 
 SOCKET_TIMEOUT_S = 10.0  # a command without an answer this long fails (RedisTimeoutError)
+THREAD_TIMEOUT_S = 2.0  # a finish sent from the model thread waits this long, then the event loop takes over
 
 
 def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
@@ -159,6 +162,15 @@ def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
     tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # a unix socket has no keepalive
     once = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     return aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None if blocking else SOCKET_TIMEOUT_S, health_check_interval=5, retry=once, **tcp)
+
+
+def connect_sync(url: str) -> redis.Redis:
+    """A synchronous client for the one command a worker's model thread sends: the finish of a
+    batch of synchronous requests, as soon as its images are encoded (no hop back to the event
+    loop first). It tries once and briefly (THREAD_TIMEOUT_S): a finish it could not send is
+    sent again from the event loop, with the same token, by the worker's usual retries."""
+    tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=THREAD_TIMEOUT_S, retry=SyncRetry(NoBackoff(), 0), **tcp)
 
 
 class QueueFull(Exception):
@@ -197,10 +209,14 @@ def _entries(raw) -> list[Entry]:
 
 
 class RedisQueue:
-    def __init__(self, client: aioredis.Redis, prefix: str = "fewstep", job_ttl_s: int = 3600, waiter: aioredis.Redis | None = None):
-        """`waiter`: a client without a socket timeout for the long blocking waits (default: client)."""
+    def __init__(self, client: aioredis.Redis, prefix: str = "fewstep", job_ttl_s: int = 3600, waiter: aioredis.Redis | None = None,
+                 sync: redis.Redis | None = None):
+        """`waiter`: a client without a socket timeout for the long blocking waits (default: client).
+        `sync`: a synchronous client (`connect_sync`) for `finish_from_thread`; without it a
+        worker finishes every batch from its event loop."""
         self.redis = client
         self.waiter = waiter or client
+        self.sync = sync
         self.prefix = prefix
         self.job_ttl_s = job_ttl_s
         self.stream = f"{prefix}:requests"
@@ -209,6 +225,7 @@ class RedisQueue:
         self._submit = client.register_script(_SUBMIT)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._finish_sync = sync.register_script(_FINISH) if sync is not None else None
         self._cancel = client.register_script(_CANCEL)
         self._touch = client.register_script(_TOUCH)
         self._prune = client.register_script(_PRUNE)
@@ -330,24 +347,37 @@ class RedisQueue:
 
         `token` names this finish: one sent again with the same token (its reply was lost)
         reports the win of its first run instead of a loss. Give the same one to every try."""
-        now, token = time.time(), token or uuid.uuid4().hex
+        calls = self._finish_calls(done, dead_letter, token or uuid.uuid4().hex)
+        if len(calls) == 1:  # no pipeline: it would first ask whether its scripts exist (a round trip)
+            return [bool(await self._finish(**calls[0]))]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                await self._finish(**call, client=pipe)
+            return [bool(won) for won in await pipe.execute()]
 
-        def call(entry: Entry, result: JobResult, client=None):
+    def finish_from_thread(self, done: list[tuple[Entry, JobResult]], token: str) -> list[bool]:
+        """`finish`, blocking, on the synchronous client: for a worker's model thread. Raises
+        what redis-py raises (Redis away or slow): send it again with the same token then."""
+        calls = self._finish_calls(done, None, token)
+        if len(calls) == 1:
+            return [bool(self._finish_sync(**calls[0]))]
+        with self.sync.pipeline(transaction=False) as pipe:
+            for call in calls:
+                self._finish_sync(**call, client=pipe)
+            return [bool(won) for won in pipe.execute()]
+
+    def _finish_calls(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None, token: str) -> list[dict]:
+        """The finish script's keys and arguments, per entry."""
+        now, calls = time.time(), []
+        for entry, result in done:
             job_id = entry.job_id or "-"
             store = entry.job is not None and entry.job.store_result
-            return self._finish(
-                keys=[self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
-                args=[result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
-                      dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN, f"{token}:{entry.stream_id}"],
-                client=client,
-            )
-
-        if len(done) == 1:  # no pipeline: it would first ask whether its scripts exist (a round trip)
-            return [bool(await call(*done[0]))]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry, result in done:
-                await call(entry, result, pipe)
-            return [bool(won) for won in await pipe.execute()]
+            calls.append({
+                "keys": [self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
+                "args": [result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
+                         dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN, f"{token}:{entry.stream_id}"],
+            })
+        return calls
 
     async def wait(self, job_id: str, timeout_s: float) -> JobResult | None:
         """Block until a synchronous job's result is handed over, or timeout_s passes (None). A

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import metrics, webhooks
 from .batching import batch_key, plan_batches
 from .contract import JobResult
-from .queue import Entry, RedisQueue, connect
+from .queue import Entry, RedisQueue, connect, connect_sync
 from .runner import Runner
 from .settings import Settings
 
@@ -59,6 +59,7 @@ class Worker:
                         entries = await self._resume() if self._pending else await self.gather()
                         if entries:
                             await self.process(entries)
+                            await asyncio.sleep(0)  # the requests just woken answer before the next read is sent
                         backoff = 0.1
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):  # Redis restarted empty: recreate the group at once
@@ -165,28 +166,36 @@ class Worker:
                 done.append((entry, JobResult.failed(504, "the request's deadline passed before a worker could run it")))
             else:
                 run.append(entry)
+        finished: list[tuple[Entry, JobResult, bool]] = []  # each entry, its result, and whether its finish won
         if run and all(not e.job.store_result for e in run):
             # synchronous requests only: their waiters cancel them only once their deadline has
             # passed (checked above), so they are marked running while the model runs, not
-            # before (a round trip off the request's path). One cancelled meanwhile all the same
-            # stays cancelled: its result is dropped, and its finish does not win anyway
+            # before (a round trip off the request's path), and finished on the model thread
+            # as soon as their images are encoded (a hop back to the event loop off it). One
+            # cancelled meanwhile all the same stays cancelled: its finish does not win
             starting = asyncio.create_task(self._start_beside(run))
+            token = uuid.uuid4().hex  # one finish, whichever thread sends it and however often
             try:
-                results = await self._execute_batch(run, now)
+                results, won = await self._execute_batch(run, now, finish_token=token)
             finally:
-                started = await starting
-            done += [(e, r if ok else JobResult.failed(410, "cancelled")) for e, r, ok in zip(run, results, started)]
+                await starting
+            if won is None:  # not sent from the model thread (no synchronous client, Redis away): from here, same token
+                won = await self._finish_surely(list(zip(run, results)), token=token)
+            else:
+                self._forget(run)
+            finished = list(zip(run, results, won))
         elif run:
             started = await self.queue.start([e.job.id for e in run], self.name)
             done += [(e, JobResult.failed(410, "cancelled")) for e, ok in zip(run, started) if not ok]  # cancelled while it waited
             run = [e for e, ok in zip(run, started) if ok]
             if run:
-                done += list(zip(run, await self._execute_batch(run, now)))
+                results, _ = await self._execute_batch(run, now)
+                done += list(zip(run, results))
         if done:
-            won = await self._finish_surely(done)
-            for (entry, result), first in zip(done, won):
-                if first and entry.job.webhook:
-                    self._spawn(webhooks.deliver(entry.job.webhook, webhooks.payload(entry.job.id, result), self.settings))
+            finished += [(e, r, w) for (e, r), w in zip(done, await self._finish_surely(done))]
+        for entry, result, first in finished:
+            if first and entry.job.webhook:
+                self._spawn(webhooks.deliver(entry.job.webhook, webhooks.payload(entry.job.id, result), self.settings))
 
     async def _start_beside(self, run: list[Entry]) -> list[bool]:
         """Mark synchronous jobs running while they run. The mark is for status readers only:
@@ -198,23 +207,36 @@ class Worker:
             log.warning("worker %s: could not mark %d requests running (%s); finishing them all the same", self.name, len(run), exc)
             return [True] * len(run)
 
-    async def _execute_batch(self, run: list[Entry], now: float) -> list[JobResult]:
+    async def _execute_batch(self, run: list[Entry], now: float, finish_token: str | None = None) -> tuple[list[JobResult], list[bool] | None]:
         """Run the batch in a thread, with the progress events of its asynchronous jobs; a
-        failure fails every job of the batch (500), never the worker."""
+        failure fails every job of the batch (500), never the worker. With `finish_token`, the
+        thread also finishes the batch (`_finish_from_thread`); returns the results, and per
+        entry whether its finish won, or None where the batch is still to be finished."""
         for entry in run:
             metrics.QUEUE_WAIT.observe(max(0.0, now - entry.job.created))
         jobs = [e.job for e in run]
         events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
         await events.started()
+        finish = functools.partial(self._finish_from_thread, run, finish_token) if finish_token and self.queue.sync is not None else None
         try:
             # on the runner's thread (load_runner), where its warm-up ran; a runner without one: any
-            return await asyncio.get_running_loop().run_in_executor(getattr(self.runner, "thread", None), self._execute, jobs, events.on_event if events.job_ids else None)
+            return await asyncio.get_running_loop().run_in_executor(getattr(self.runner, "thread", None), self._execute, jobs, events.on_event if events.job_ids else None, finish)
         except Exception as exc:
             log.exception("worker %s: batch of %d failed", self.name, len(jobs))
-            return [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs)
+            return [JobResult.failed(500, f"the worker failed on this batch ({type(exc).__name__})")] * len(jobs), None
         finally:
             self._batch_started = None
             await events.close()  # every step event is written before the job's finish
+
+    def _finish_from_thread(self, run: list[Entry], token: str, results: list[JobResult]) -> list[bool] | None:
+        """On the model thread: finish the batch at once (the waiting requests wake without
+        waiting for the event loop). None when Redis could not be reached: the event loop then
+        sends the same finish (its token) again, and waits for Redis as long as it takes."""
+        try:
+            return self.queue.finish_from_thread(list(zip(run, results)), token)
+        except REDIS_TROUBLE as exc:
+            log.debug("worker %s: finish from the model thread failed (%s); the event loop sends it again", self.name, exc)
+            return None
 
     def _spawn(self, coro) -> None:
         """A background task (a webhook delivery) kept referenced until it ends."""
@@ -222,16 +244,16 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _finish_surely(self, done: list, dead_letter: str | None = None) -> list[bool]:
+    async def _finish_surely(self, done: list, dead_letter: str | None = None, token: str | None = None) -> list[bool]:
         """Record results computed at a cost; a Redis that is away (a restart) is waited for, so
         that the work is not lost and run again by whoever takes the entries over. Finished
-        entries leave the pending list; returns, per entry, whether this finish won."""
-        backoff, token = 0.1, uuid.uuid4().hex  # one finish, however often sent: a try that Redis ran still wins
+        entries leave the pending list; returns, per entry, whether this finish won. `token`:
+        that of an earlier try of this finish (from the model thread), if any."""
+        backoff, token = 0.1, token or uuid.uuid4().hex  # one finish, however often sent: a try that Redis ran still wins
         while True:
             try:
                 won = await self.queue.finish(done, dead_letter=dead_letter, token=token)
-                finished = {e.stream_id for e, _ in done}
-                self._pending = [e for e in self._pending if e.stream_id not in finished]
+                self._forget([e for e, _ in done])
                 return won
             except REDIS_TROUBLE as exc:
                 if self._stop.is_set() and backoff > 0.1:  # shutting down, and tried again: the entries stay pending and are taken over
@@ -240,7 +262,12 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _execute(self, jobs: list, on_event=None) -> list[JobResult]:
+    def _forget(self, entries: list[Entry]) -> None:
+        """Finished entries leave the pending list (what a Redis error would resume)."""
+        finished = {e.stream_id for e in entries}
+        self._pending = [e for e in self._pending if e.stream_id not in finished]
+
+    def _execute(self, jobs: list, on_event=None, finish=None) -> tuple[list[JobResult], list[bool] | None]:
         self._batch_started = time.monotonic()  # here, on the model thread: not while it waits behind another worker's batch
         s = self.settings
         if s.test_crash_prompt is not None and any(it.prompt == s.test_crash_prompt for j in jobs for it in j.items):
@@ -251,7 +278,7 @@ class Worker:
         results = self.runner.run(jobs, on_event)
         metrics.JOBS_EXECUTED.inc(len(jobs))
         log.debug("worker %s ran %s", self.name, " ".join(j.id for j in jobs))
-        return results
+        return results, finish(results) if finish is not None else None
 
     async def _keep_fresh(self, held: set[str]) -> None:
         """Touch the entries this worker holds, well within claim_idle_ms, until cancelled. A batch
@@ -366,8 +393,8 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
 
         start_http_server(metrics_port)
     runner = await load_runner(settings, discover(settings.models_dir))
-    client = connect(settings.redis_url)
-    worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s), runner)
+    client, sync = connect(settings.redis_url), connect_sync(settings.redis_url)
+    worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, sync=sync), runner)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -380,6 +407,7 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
     finally:
         runner.thread.shutdown(wait=False, cancel_futures=True)
         await client.aclose()
+        sync.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """The model thread: a runner is built, warmed up and run on one thread of its own (CUDA graphs
-are kept per thread), and FEWSTEP_CUDA_GRAPHS takes effect only where it can."""
+are kept per thread), a batch of synchronous requests is finished from it, and
+FEWSTEP_CUDA_GRAPHS takes effect only where it can."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 import torch
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from model.builtin import BUILTIN_DIR
 from service import worker as worker_module
 from service.contract import Job, JobItem, JobResult
-from service.queue import RedisQueue
+from service.queue import RedisQueue, connect_sync
 from service.runner import Runner
 from service.settings import Settings
+from service.testing import free_port
 from service.worker import Worker, load_runner
 
 
@@ -58,6 +61,89 @@ def test_batches_run_on_the_thread_that_built_and_warmed_up_the_runner(redis_ser
 
     runner = asyncio.run(main())
     assert runner.built_on != threading.get_ident() and runner.ran_on == [runner.built_on] * 6
+
+
+class ThreadFinishes(RedisQueue):
+    """Records the threads that finish from the model thread; `lose_reply`: Redis runs the
+    finish, and the reply is lost on the way back."""
+
+    lose_reply = False
+
+    def finish_from_thread(self, done, token):
+        self.finished_on.append(threading.get_ident())
+        won = super().finish_from_thread(done, token)
+        if self.lose_reply:
+            raise RedisConnectionError("Connection closed by server.")
+        return won
+
+    async def finish(self, done, dead_letter=None, token=None):
+        self.finished_on_loop += 1
+        return await super().finish(done, dead_letter=dead_letter, token=token)
+
+
+def _job(k: int, store_result: bool, webhook: str | None = None) -> Job:
+    now = time.time()
+    return Job(id=uuid.uuid4().hex, endpoint="generate", model="shapes", steps=4, stochastic=False, format="png", created=now, deadline=now + 60,
+               store_result=store_result, webhook=webhook, items=[JobItem(seed=k, guidance=1.0, class_label=k)])
+
+
+def _serve(redis_url: str, sync_url: str, jobs: list[Job], lose_reply: bool = False, monkeypatch=None):
+    """Submit each job and let one worker run it while a request waits for the synchronous ones;
+    returns what the waiters got, the queue, the runner and the webhooks delivered."""
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: ThreadRecordingRunner())
+    delivered = []
+
+    async def deliver(url, payload, settings):
+        delivered.append(payload["id"])
+
+    monkeypatch.setattr(worker_module.webhooks, "deliver", deliver)
+
+    async def main():
+        runner = await load_runner(Settings(), {})
+        client, sync = aioredis.from_url(redis_url), connect_sync(sync_url)
+        queue = ThreadFinishes(client, prefix=f"mt-{uuid.uuid4().hex[:8]}", job_ttl_s=60, sync=sync)
+        queue.finished_on, queue.finished_on_loop, queue.lose_reply = [], 0, lose_reply
+        await queue.ensure_group()
+        worker = Worker(Settings(max_wait_ms=0), queue, runner, name="w")
+        got = []
+        try:
+            for job in jobs:
+                await queue.submit(job, 10)
+                waiter = asyncio.create_task(queue.wait(job.id, 10)) if not job.store_result else None
+                await worker.process(await worker.gather())
+                got.append(await waiter if waiter else await queue.result(job.id))
+            assert await queue.depth() == 0  # every entry acknowledged
+        finally:
+            runner.thread.shutdown()
+            await client.aclose()
+            sync.close()
+        return got, queue, runner
+
+    got, queue, runner = asyncio.run(main())
+    return got, queue, runner, delivered
+
+
+def test_a_batch_of_synchronous_requests_is_finished_from_the_model_thread(redis_server, monkeypatch):
+    jobs = [_job(0, store_result=False), _job(1, store_result=True), _job(2, store_result=False)]
+    got, queue, runner, _ = _serve(redis_server.url, redis_server.url, jobs, monkeypatch=monkeypatch)
+    assert [r.status for r in got] == ["succeeded"] * 3
+    # the synchronous ones from the model thread, without a finish from the event loop; the
+    # asynchronous one from the loop, after its progress events
+    assert queue.finished_on == [runner.built_on] * 2 and queue.finished_on_loop == 1
+
+
+def test_a_finish_the_model_thread_could_not_send_is_sent_from_the_event_loop(redis_server, monkeypatch):
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # the model thread's client reaches no Redis
+    got, queue, _, _ = _serve(redis_server.url, nowhere, [_job(k, store_result=False) for k in range(2)], monkeypatch=monkeypatch)
+    assert [r.status for r in got] == ["succeeded"] * 2 and len(queue.finished_on) == 2 and queue.finished_on_loop == 2
+
+
+def test_a_finish_from_the_model_thread_whose_reply_was_lost_still_counts_once(redis_server, monkeypatch):
+    job = _job(0, store_result=False, webhook="http://127.0.0.1:9/hook")
+    got, queue, _, delivered = _serve(redis_server.url, redis_server.url, [job], lose_reply=True, monkeypatch=monkeypatch)
+    # the loop sends the finish again with the thread's token: it reports the first run's win,
+    # so the job's webhook goes out once (a new token would report a loss: no webhook)
+    assert got[0].status == "succeeded" and len(queue.finished_on) == 1 and queue.finished_on_loop == 1 and delivered == [job.id]
 
 
 def test_cuda_graphs_are_not_used_off_a_gpu_or_without_compiling(caplog):

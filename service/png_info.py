@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from .contract import Job, JobItem
 from .images import ImageError
@@ -31,12 +31,11 @@ def settings_of(job: Job, item: JobItem) -> dict:
     return out
 
 
-def png_text(settings: dict) -> PngImagePlugin.PngInfo:
-    info = PngImagePlugin.PngInfo()
-    for key, value in settings.items():
-        info.add_itxt(key, value if isinstance(value, str) else json.dumps(value))
-    info.add_itxt(CHUNK, json.dumps(settings, sort_keys=True))
-    return info
+def png_text(settings: dict) -> dict[str, str]:
+    """The PNG text chunks (keyword -> text) that carry `settings` (service/png.py writes them)."""
+    text = {key: value if isinstance(value, str) else json.dumps(value) for key, value in settings.items()}
+    text[CHUNK] = json.dumps(settings, sort_keys=True)
+    return text
 
 
 def read_settings(data: bytes) -> dict:

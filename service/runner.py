@@ -22,6 +22,7 @@ from model.pipeline import Pipeline, Request
 
 from . import metrics
 from .contract import Job, JobItem, JobResult
+from .png import write_png
 from .png_info import png_text, settings_of
 
 log = logging.getLogger("fewstep.runner")
@@ -118,9 +119,9 @@ class Runner:
         metrics.BATCH_IMAGES.observe(len(requests))
         metrics.MODEL_TIME.labels(steps=str(first.steps)).observe(model_s)
         metrics.IMAGES.labels(model=first.model).inc(len(requests))
-        results, offset = [], 0
+        results, offset, pixels = [], 0, to_pixels(images)  # the batch to 8-bit in one pass (one copy off the device)
         for job in jobs:
-            mine = images[offset : offset + len(job.items)]
+            mine = pixels[offset : offset + len(job.items)]
             first_request = requests[offset]
             offset += len(job.items)
             results.append(
@@ -181,10 +182,17 @@ def pipeline_request(item: JobItem) -> Request:
     return Request(seed=item.seed, guidance=item.guidance, class_label=item.class_label, prompt=item.prompt, image=image, mask=mask, strength=item.strength)
 
 
-def encode(image: torch.Tensor, fmt: str, settings: dict | None = None) -> bytes:
-    """(3, H, W) in [-1, 1] -> image file bytes; a PNG carries `settings` as text chunks."""
-    pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8 on the CPU."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def encode(image: torch.Tensor | np.ndarray, fmt: str, settings: dict | None = None) -> bytes:
+    """A (3, H, W) tensor in [-1, 1], or (H, W, 3) uint8 pixels (`to_pixels`) -> image file
+    bytes; a PNG carries `settings` as text chunks."""
+    pixels = to_pixels(image[None])[0] if isinstance(image, torch.Tensor) else image
+    if fmt == "png":
+        return write_png(pixels, png_text(settings) if settings else None)
     buf = io.BytesIO()
-    extra = {"quality": 95} if fmt != "png" else ({"pnginfo": png_text(settings)} if settings else {})
-    Image.fromarray(pixels).save(buf, format=FORMATS[fmt], **extra)
+    Image.fromarray(pixels).save(buf, format=FORMATS[fmt], quality=95)
     return buf.getvalue()

@@ -23,6 +23,7 @@ _FAMILY_TOKENIZERS: dict[str, Path] = {}
 def register_tokenizer(family: str, path: Path) -> None:
     """The tokenizer file of a family whose encoder is its own (CLIP_ENCODER)."""
     _FAMILY_TOKENIZERS[family] = Path(path)
+    prompt_tokens.cache_clear()  # counts made before, for a family of this name, may be another tokenizer's
 
 
 @lru_cache(maxsize=16)
@@ -44,8 +45,10 @@ def _tokenizer(encoder: str, family: str | None):
     return _tokenizer_file(TOKENIZERS / f"{encoder}.json")
 
 
+@lru_cache(maxsize=4096)
 def prompt_tokens(encoder: str, prompt: str, family: str | None = None) -> int | None:
     """Tokens of `prompt` (special tokens included) in `encoder` (of `family`, for a family's own
-    encoder); None for an encoder we cannot count for."""
+    encoder); None for an encoder we cannot count for. Counted once per prompt: the API checks
+    every request's prompt, and prompts come back (new seeds, sweeps, retries)."""
     tokenizer = _tokenizer(encoder, family)
     return None if tokenizer is None else len(tokenizer.encode(prompt.strip()).ids)

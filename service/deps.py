@@ -19,16 +19,13 @@ async def get_state(request: Request) -> State:
 StateDep = Annotated[State, Depends(get_state)]
 
 
-async def require_key(
-    state: StateDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
+async def require_key(request: Request) -> None:
     """With FEWSTEP_API_KEY set, /v1 needs `Authorization: Bearer KEY` (as the OpenAI client sends) or `X-API-Key`."""
-    key = state.settings.api_key
+    key = request.app.state.fewstep.settings.api_key
     if key is None:
         return
-    given = x_api_key or ""
+    headers = request.headers
+    given, authorization = headers.get("x-api-key", ""), headers.get("authorization")
     if authorization and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
     if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):

@@ -59,7 +59,6 @@ class Worker:
                         entries = await self._resume() if self._pending else await self.gather()
                         if entries:
                             await self.process(entries)
-                            await asyncio.sleep(0)  # the requests just woken answer before the next read is sent
                         backoff = 0.1
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):  # Redis restarted empty: recreate the group at once

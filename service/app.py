@@ -132,8 +132,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
             await asyncio.gather(*state.tasks, return_exceptions=True)
             await client.aclose()
             await waiter.aclose()
-            if sync is not None:
-                sync.close()
+            state.queue.close_sync()
 
     app = FastAPI(
         title="fewstep",

@@ -1,6 +1,6 @@
 """Generation settings carried inside the PNG files the service returns, and read back.
 
-Every PNG gets one tEXt chunk per setting (model, endpoint, steps, stochastic, guidance, seed,
+Every PNG gets one iTXt chunk per setting (model, endpoint, steps, stochastic, guidance, seed,
 prompt or class_label, strength for img2img) and a `fewstep` chunk holding them all as JSON, so
 that a file dropped back into the playground, or sent to POST /v1/png-info, says how to draw it
 again. Torch-free: the API reads them, workers write them.

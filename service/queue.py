@@ -358,13 +358,21 @@ class RedisQueue:
     def finish_from_thread(self, done: list[tuple[Entry, JobResult]], token: str) -> list[bool]:
         """`finish`, blocking, on the synchronous client: for a worker's model thread. Raises
         what redis-py raises (Redis away or slow): send it again with the same token then."""
+        if self.sync is None:
+            raise RedisConnectionError("no synchronous client (closed)")
         calls = self._finish_calls(done, None, token)
-        if len(calls) == 1:
+        if len(calls) == 1:  # loads the script where Redis lacks it (a restart)
             return [bool(self._finish_sync(**calls[0]))]
-        with self.sync.pipeline(transaction=False) as pipe:
+        with self.sync.pipeline(transaction=False) as pipe:  # plain EVALSHA: a script pipeline first asks SCRIPT EXISTS (a round trip)
             for call in calls:
-                self._finish_sync(**call, client=pipe)
-            return [bool(won) for won in pipe.execute()]
+                pipe.evalsha(self._finish.sha, len(call["keys"]), *call["keys"], *call["args"])
+            return [bool(won) for won in pipe.execute()]  # NOSCRIPT raises: the event loop's finish loads it
+
+    def close_sync(self) -> None:
+        """Close the synchronous client; a finish from the model thread raises from then on."""
+        sync, self.sync = self.sync, None
+        if sync is not None:
+            sync.close()
 
     def _finish_calls(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None, token: str) -> list[dict]:
         """The finish script's keys and arguments, per entry."""

@@ -27,6 +27,7 @@ from .settings import Settings
 
 log = logging.getLogger("fewstep.worker")
 REDIS_TROUBLE = (RedisError, OSError)  # unreachable, timed out, or refusing (OOM, READONLY, MISCONF...)
+THREAD_PAUSE_S = 10.0  # after a finish from the model thread failed, the event loop finishes batches this long
 
 
 def worker_name() -> str:
@@ -44,6 +45,7 @@ class Worker:
         self._batch_started: float | None = None  # monotonic start of the batch now running
         self._batch_ids: set[str] = set()  # its stream ids
         self._tasks: set[asyncio.Task] = set()  # webhook deliveries under way
+        self._thread_finish_after = 0.0  # monotonic time before which the model thread does not finish batches (it failed)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Any Redis error (and any other failure outside a batch) makes
@@ -216,7 +218,8 @@ class Worker:
         jobs = [e.job for e in run]
         events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
         await events.started()
-        finish = functools.partial(self._finish_from_thread, run, finish_token) if finish_token and self.queue.sync is not None else None
+        from_thread = finish_token and self.queue.sync is not None and time.monotonic() >= self._thread_finish_after
+        finish = functools.partial(self._finish_from_thread, run, finish_token) if from_thread else None
         try:
             # on the runner's thread (load_runner), where its warm-up ran; a runner without one: any
             return await asyncio.get_running_loop().run_in_executor(getattr(self.runner, "thread", None), self._execute, jobs, events.on_event if events.job_ids else None, finish)
@@ -233,8 +236,10 @@ class Worker:
         sends the same finish (its token) again, and waits for Redis as long as it takes."""
         try:
             return self.queue.finish_from_thread(list(zip(run, results)), token)
-        except REDIS_TROUBLE as exc:
-            log.debug("worker %s: finish from the model thread failed (%s); the event loop sends it again", self.name, exc)
+        except REDIS_TROUBLE as exc:  # each of its round trips may wait THREAD_TIMEOUT_S: not again for a while
+            self._thread_finish_after = time.monotonic() + THREAD_PAUSE_S
+            log.warning("worker %s: finish from the model thread failed (%s); the event loop sends it again, and finishes "
+                        "the next %.0f s of batches itself", self.name, exc, THREAD_PAUSE_S)
             return None
 
     def _spawn(self, coro) -> None:
@@ -392,8 +397,8 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
 
         start_http_server(metrics_port)
     runner = await load_runner(settings, discover(settings.models_dir))
-    client, sync = connect(settings.redis_url), connect_sync(settings.redis_url)
-    worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, sync=sync), runner)
+    client = connect(settings.redis_url)
+    worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, sync=connect_sync(settings.redis_url)), runner)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -406,7 +411,7 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
     finally:
         runner.thread.shutdown(wait=False, cancel_futures=True)
         await client.aclose()
-        sync.close()
+        worker.queue.close_sync()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -116,7 +116,7 @@ def _serve(redis_url: str, sync_url: str, jobs: list[Job], lose_reply: bool = Fa
         finally:
             runner.thread.shutdown()
             await client.aclose()
-            sync.close()
+            queue.close_sync()
         return got, queue, runner
 
     got, queue, runner = asyncio.run(main())
@@ -135,7 +135,40 @@ def test_a_batch_of_synchronous_requests_is_finished_from_the_model_thread(redis
 def test_a_finish_the_model_thread_could_not_send_is_sent_from_the_event_loop(redis_server, monkeypatch):
     nowhere = f"redis://127.0.0.1:{free_port()}/0"  # the model thread's client reaches no Redis
     got, queue, _, _ = _serve(redis_server.url, nowhere, [_job(k, store_result=False) for k in range(2)], monkeypatch=monkeypatch)
-    assert [r.status for r in got] == ["succeeded"] * 2 and len(queue.finished_on) == 2 and queue.finished_on_loop == 2
+    assert [r.status for r in got] == ["succeeded"] * 2 and queue.finished_on_loop == 2
+    assert len(queue.finished_on) == 1  # after a failure the model thread does not try again for a while (each try may wait)
+
+
+def test_a_batch_of_several_requests_is_finished_from_the_model_thread_and_after_a_script_flush_from_the_loop(redis_server, monkeypatch):
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: ThreadRecordingRunner())
+
+    async def batch(queue, worker, jobs):
+        for job in jobs:
+            await queue.submit(job, 10)
+        waiters = [asyncio.create_task(queue.wait(job.id, 10)) for job in jobs]
+        await worker.process(await worker.gather())
+        return [(await w).status for w in waiters]
+
+    async def main():
+        runner = await load_runner(Settings(), {})
+        client, sync = aioredis.from_url(redis_server.url), connect_sync(redis_server.url)
+        queue = ThreadFinishes(client, prefix=f"mt-{uuid.uuid4().hex[:8]}", job_ttl_s=60, sync=sync)
+        queue.finished_on, queue.finished_on_loop = [], 0
+        await queue.ensure_group()
+        worker = Worker(Settings(max_wait_ms=0), queue, runner, name="w")
+        try:
+            assert await batch(queue, worker, [_job(0, False)]) == ["succeeded"]  # the finish script is loaded
+            assert await batch(queue, worker, [_job(k, False) for k in (1, 2, 3)]) == ["succeeded"] * 3  # one batch of three
+            assert len(queue.finished_on) == 2 and queue.finished_on_loop == 0
+            await client.script_flush()  # as after a Redis restart: the model thread's EVALSHAs find no script
+            assert await batch(queue, worker, [_job(k, False) for k in (4, 5)]) == ["succeeded"] * 2
+            assert len(queue.finished_on) == 3 and queue.finished_on_loop == 1 and await queue.depth() == 0
+        finally:
+            runner.thread.shutdown()
+            await client.aclose()
+            queue.close_sync()
+
+    asyncio.run(main())
 
 
 def test_a_finish_from_the_model_thread_whose_reply_was_lost_still_counts_once(redis_server, monkeypatch):

@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .contract import BadEntry, Job, JobResult, read_job, read_result
@@ -144,6 +144,7 @@ CANCELLED = JobResult.failed(409, "the request was cancelled")
 
 SOCKET_TIMEOUT_S = 10.0  # a command without an answer this long fails (RedisTimeoutError)
 THREAD_TIMEOUT_S = 2.0  # a finish sent from the model thread waits this long, then the event loop takes over
+THREAD_PAUSE_S = 10.0  # after a finish from the model thread failed, none is sent from it for this long
 
 
 def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
@@ -217,6 +218,7 @@ class RedisQueue:
         self.redis = client
         self.waiter = waiter or client
         self.sync = sync
+        self._sync_paused_until = 0.0  # monotonic: a finish from the thread failed, the event loop finishes until then
         self.prefix = prefix
         self.job_ttl_s = job_ttl_s
         self.stream = f"{prefix}:requests"
@@ -225,7 +227,6 @@ class RedisQueue:
         self._submit = client.register_script(_SUBMIT)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
-        self._finish_sync = sync.register_script(_FINISH) if sync is not None else None
         self._cancel = client.register_script(_CANCEL)
         self._touch = client.register_script(_TOUCH)
         self._prune = client.register_script(_PRUNE)
@@ -355,18 +356,36 @@ class RedisQueue:
                 await self._finish(**call, client=pipe)
             return [bool(won) for won in await pipe.execute()]
 
+    def can_finish_from_thread(self) -> bool:
+        """Whether `finish_from_thread` is worth a try: a synchronous client, and no failure of it
+        in the last THREAD_PAUSE_S (each try may wait THREAD_TIMEOUT_S per round trip, on the
+        model thread that the process's workers share)."""
+        return self.sync is not None and time.monotonic() >= self._sync_paused_until
+
     def finish_from_thread(self, done: list[tuple[Entry, JobResult]], token: str) -> list[bool]:
         """`finish`, blocking, on the synchronous client: for a worker's model thread. Raises
-        what redis-py raises (Redis away or slow): send it again with the same token then."""
-        if self.sync is None:
+        what redis-py raises (Redis away or slow; then `can_finish_from_thread` says no for a
+        while): send it again with the same token then."""
+        sync = self.sync
+        if sync is None:
             raise RedisConnectionError("no synchronous client (closed)")
         calls = self._finish_calls(done, None, token)
-        if len(calls) == 1:  # loads the script where Redis lacks it (a restart)
-            return [bool(self._finish_sync(**calls[0]))]
-        with self.sync.pipeline(transaction=False) as pipe:  # plain EVALSHA: a script pipeline first asks SCRIPT EXISTS (a round trip)
-            for call in calls:
-                pipe.evalsha(self._finish.sha, len(call["keys"]), *call["keys"], *call["args"])
-            return [bool(won) for won in pipe.execute()]  # NOSCRIPT raises: the event loop's finish loads it
+
+        def send() -> list[bool]:
+            with sync.pipeline(transaction=False) as pipe:  # plain EVALSHA: a script pipeline first asks SCRIPT EXISTS (a round trip)
+                for call in calls:
+                    pipe.evalsha(self._finish.sha, len(call["keys"]), *call["keys"], *call["args"])
+                return [bool(won) for won in pipe.execute()]
+
+        try:
+            try:
+                return send()
+            except NoScriptError:  # Redis restarted and lost its scripts; none of the batch ran
+                sync.script_load(_FINISH)
+                return send()
+        except (RedisError, OSError):
+            self._sync_paused_until = time.monotonic() + THREAD_PAUSE_S
+            raise
 
     def close_sync(self) -> None:
         """Close the synchronous client; a finish from the model thread raises from then on."""

@@ -21,13 +21,12 @@ from redis.exceptions import RedisError, ResponseError
 from . import metrics, webhooks
 from .batching import batch_key, plan_batches
 from .contract import JobResult
-from .queue import Entry, RedisQueue, connect, connect_sync
+from .queue import THREAD_PAUSE_S, Entry, RedisQueue, connect, connect_sync
 from .runner import Runner
 from .settings import Settings
 
 log = logging.getLogger("fewstep.worker")
 REDIS_TROUBLE = (RedisError, OSError)  # unreachable, timed out, or refusing (OOM, READONLY, MISCONF...)
-THREAD_PAUSE_S = 10.0  # after a finish from the model thread failed, the event loop finishes batches this long
 
 
 def worker_name() -> str:
@@ -45,7 +44,6 @@ class Worker:
         self._batch_started: float | None = None  # monotonic start of the batch now running
         self._batch_ids: set[str] = set()  # its stream ids
         self._tasks: set[asyncio.Task] = set()  # webhook deliveries under way
-        self._thread_finish_after = 0.0  # monotonic time before which the model thread does not finish batches (it failed)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Any Redis error (and any other failure outside a batch) makes
@@ -198,15 +196,15 @@ class Worker:
             if first and entry.job.webhook:
                 self._spawn(webhooks.deliver(entry.job.webhook, webhooks.payload(entry.job.id, result), self.settings))
 
-    async def _start_beside(self, run: list[Entry]) -> list[bool]:
-        """Mark synchronous jobs running while they run. The mark is for status readers only:
-        one that Redis refuses (it is away) is logged, and the finish, which waits for Redis,
-        still decides which results count, so the batch is never run twice for it."""
+    async def _start_beside(self, run: list[Entry]) -> None:
+        """Mark synchronous jobs running while they run. The mark is for status readers only (a
+        job cancelled meanwhile stays cancelled, and its finish does not win): one that Redis
+        refuses (it is away) is logged, and the finish, which waits for Redis, still decides
+        which results count, so the batch is never run twice for it."""
         try:
-            return await self.queue.start([e.job.id for e in run], self.name)
+            await self.queue.start([e.job.id for e in run], self.name)
         except REDIS_TROUBLE as exc:
             log.warning("worker %s: could not mark %d requests running (%s); finishing them all the same", self.name, len(run), exc)
-            return [True] * len(run)
 
     async def _execute_batch(self, run: list[Entry], now: float, finish_token: str | None = None) -> tuple[list[JobResult], list[bool] | None]:
         """Run the batch in a thread, with the progress events of its asynchronous jobs; a
@@ -218,8 +216,7 @@ class Worker:
         jobs = [e.job for e in run]
         events = _Progress(self.queue, [j.id for j in jobs if j.store_result])
         await events.started()
-        from_thread = finish_token and self.queue.sync is not None and time.monotonic() >= self._thread_finish_after
-        finish = functools.partial(self._finish_from_thread, run, finish_token) if from_thread else None
+        finish = functools.partial(self._finish_from_thread, run, finish_token) if finish_token and self.queue.can_finish_from_thread() else None
         try:
             # on the runner's thread (load_runner), where its warm-up ran; a runner without one: any
             return await asyncio.get_running_loop().run_in_executor(getattr(self.runner, "thread", None), self._execute, jobs, events.on_event if events.job_ids else None, finish)
@@ -236,8 +233,7 @@ class Worker:
         sends the same finish (its token) again, and waits for Redis as long as it takes."""
         try:
             return self.queue.finish_from_thread(list(zip(run, results)), token)
-        except REDIS_TROUBLE as exc:  # each of its round trips may wait THREAD_TIMEOUT_S: not again for a while
-            self._thread_finish_after = time.monotonic() + THREAD_PAUSE_S
+        except REDIS_TROUBLE as exc:
             log.warning("worker %s: finish from the model thread failed (%s); the event loop sends it again, and finishes "
                         "the next %.0f s of batches itself", self.name, exc, THREAD_PAUSE_S)
             return None

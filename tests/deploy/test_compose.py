@@ -47,6 +47,21 @@ def test_services_and_scaling():
     assert "nvidia/cuda" in (ROOT / "docker/Dockerfile.worker").read_text()
 
 
+def test_workers_keep_the_compiled_kernels_in_a_volume():
+    """A restarted or scaled worker loads torch.compile's kernels instead of compiling again:
+    the caches the worker image points at lie in a named volume, owned by its user."""
+    doc = compose()
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in doc["services"]["worker"]["volumes"]}
+    text = (ROOT / "docker/Dockerfile.worker").read_text()
+    caches = [word.split("=", 1)[1] for line in text.splitlines() if line.startswith("ENV ") for word in line.split()[1:] if word.split("=")[0] in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
+    assert len(caches) == 2
+    for cache in caches:
+        mount = next((m for m in mounts if cache.startswith(m.rstrip("/") + "/")), None)
+        assert mount is not None, f"{cache} is not in a mounted volume"
+        assert mounts[mount] in doc["volumes"], f"{mounts[mount]} is not a named volume"
+        assert f"chown fewstep {mount}" in text  # the worker runs as fewstep and writes there
+
+
 def test_grafana_provisioning_points_at_the_dashboard():
     services = compose()["services"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"] if v.startswith("./")}

@@ -10,7 +10,8 @@ All in one run, on the built-in family:
   2. the text encoder's, PNG encoder's and autoencoder's cost per request and per image;
   3. a real redis-server and `python -m service` (API + one worker), once eager
      (FEWSTEP_COMPILE=0, the previous default) and once compiled (on a GPU also compiled with
-     CUDA graphs, FEWSTEP_CUDA_GRAPHS=1): cold start to /readyz; for
+     CUDA graphs, FEWSTEP_CUDA_GRAPHS=1): start to /readyz (compiled: with an empty compile
+     cache, as on a new machine, then restarted on what it cached); for
      steps 1, 2, 4, 8 the end-to-end latency of one request at a time against the model time
      the worker measured (`model_seconds`), the step counts interleaved, with httpx and with a
      minimal keep-alive client, and a GET /healthz for the HTTP round trip alone;
@@ -267,7 +268,9 @@ def costs(repeats: int = 20, device: str = "cpu", dtype=None) -> dict:
 
 
 def _service_lines(label: str, r: dict) -> list[str]:
-    lines = [f"**{label}** (cold start to /readyz {r['start_s']:.1f} s; GET /healthz {r['http_ms']:.1f} ms)", "",
+    start = f"start to /readyz {r['start_s']:.1f} s" if "restart_s" not in r else \
+        f"start to /readyz {r['start_s']:.1f} s with an empty compile cache, {r['restart_s']:.1f} s restarted on it"
+    lines = [f"**{label}** ({start}; GET /healthz {r['http_ms']:.1f} ms)", "",
              "| steps | end-to-end (ms) | model (ms) | end-to-end - model (ms) | overhead | end-to-end - model, minimal client (ms) |", "|---|---|---|---|---|---|"]
     lines += [f"| {o['steps']} | {o['e2e_ms']:.1f} | {o['model_ms']:.1f} | {o['fixed_ms']:.1f} | {100 * o['overhead']:.1f}% | {o['minimal_fixed_ms']:.1f} |" for o in r["over"]]
     lines += ["", "| concurrency | images/s | p50 latency (ms) | requests | images per batch | worker busy in the model |", "|---|---|---|---|---|---|"]
@@ -319,25 +322,35 @@ def report(table: list[dict], cost: dict, eager: dict, compiled: dict, graphs: d
         f"Target: fixed per-request overhead (end-to-end - model) <= 3 ms: with httpx {verdict(max(fixed) <= 3)} ({min(fixed):.1f}-{max(fixed):.1f} ms); "
         f"with the minimal keep-alive client {verdict(max(minimal) <= 3)} ({min(minimal):.1f}-{max(minimal):.1f} ms). The difference is the client's own work, on the same cores.",
         f"Target: overhead at 4 steps <= 8% of the model time: with httpx {verdict(share4 <= 8)} ({share4:.1f}%); with the minimal client {verdict(minimal_share4 <= 8)} ({minimal_share4:.1f}%).",
-        f"Target: cold start to /readyz with compilation <= 30 s: {verdict(round(compiled['start_s'], 1) <= 30)} ({compiled['start_s']:.1f} s; the compiled code is cached on disk by torch, so a later start reuses it).",
+        f"Target: cold start to /readyz with compilation <= 30 s: the first start on a machine (an empty compile cache) {verdict(round(compiled['start_s'], 1) <= 30)} "
+        f"({compiled['start_s']:.1f} s); a restart, which loads the compiled kernels torch cached on disk, {verdict(round(compiled['restart_s'], 1) <= 30)} ({compiled['restart_s']:.1f} s).",
     ]
     if graphs is not None:
         g4 = next(o for o in graphs["over"] if o["steps"] == 4)
         lines.append(f"CUDA graphs against compiled alone: images/s at concurrency 16 {at16(graphs) / c16:.2f}x ({at16(graphs):.1f} vs {c16:.1f}); "
-                     f"lone 4-step {g4['e2e_ms']:.1f} vs {c4['e2e_ms']:.1f} ms end to end; cold start {graphs['start_s']:.1f} s.")
+                     f"lone 4-step {g4['e2e_ms']:.1f} vs {c4['e2e_ms']:.1f} ms end to end; start {graphs['start_s']:.1f} s, restarted {graphs['restart_s']:.1f} s.")
     return "\n".join(lines)
 
 
-def service_run(overrides: dict, n: int, duration: float, concurrency=(1, 16)) -> dict:
+def service_run(overrides: dict, n: int, duration: float, concurrency=(1, 16), compile_cache: str | None = None) -> dict:
+    """Start `python -m service` on its own Redis and measure it. With `compile_cache`, torch.compile's
+    caches live in that folder (an empty one: a first start on a machine), and a second start of the
+    same service, reusing what the first compiled, is timed too (`restart_s`)."""
     redis_server = RedisServer()
     logs = Path(tempfile.mkdtemp(prefix="fewstep-bench-"))
+    env = None if compile_cache is None else {"TORCHINDUCTOR_CACHE_DIR": str(Path(compile_cache) / "inductor"), "TRITON_CACHE_DIR": str(Path(compile_cache) / "triton")}
+    settings = {"queue_prefix": "bench", **overrides}
     try:
-        svc = Service(redis_server.url, log_dir=logs, threads=None, **{"queue_prefix": "bench", **overrides})
+        svc = Service(redis_server.url, log_dir=logs, threads=None, env=env, **settings)
         try:
             out = asyncio.run(run(svc.url, n, duration, concurrency))
         finally:
             svc.stop()
         out["start_s"] = svc.start_s
+        if compile_cache is not None:
+            again = Service(redis_server.url, log_dir=logs, threads=None, env=env, **settings)
+            again.stop()
+            out["restart_s"] = again.start_s
         return out
     finally:
         redis_server.stop()
@@ -377,10 +390,13 @@ def main() -> int:
     table = batch_table(device=device, dtype=dtype)
     cost = costs(device=device, dtype=dtype)
     eager = service_run({**overrides, "device": device, "compile": "0", "cuda_graphs": "0"}, args.requests, args.duration, args.concurrency)  # the eager default
-    compiled = service_run({**overrides, "device": device, "compile": "1", "cuda_graphs": "0"}, args.requests, args.duration, args.concurrency)
-    graphs = None
-    if device.startswith("cuda"):
-        graphs = service_run({**overrides, "device": device, "compile": "1", "cuda_graphs": "1"}, args.requests, args.duration, args.concurrency)
+    with tempfile.TemporaryDirectory(prefix="fewstep-compile-cache-") as cache:  # empty: the compiled service starts as on a new machine
+        compiled = service_run({**overrides, "device": device, "compile": "1", "cuda_graphs": "0"}, args.requests, args.duration, args.concurrency,
+                               compile_cache=cache)
+        graphs = None
+        if device.startswith("cuda"):
+            graphs = service_run({**overrides, "device": device, "compile": "1", "cuda_graphs": "1"}, args.requests, args.duration, args.concurrency,
+                                 compile_cache=f"{cache}/graphs")
     text = report(table, cost, eager, compiled, graphs, device)
     if overrides:
         text = f"Settings: {overrides}\n\n{text}"

@@ -28,9 +28,9 @@ class Settings(BaseSettings):
     cuda_graphs: bool = False  # on a CUDA device, compile with CUDA graphs (torch.compile mode "reduce-overhead"); ignored elsewhere
 
     # batching
-    max_batch_size: int = Field(default=16, ge=1, le=256)  # requests per forward pass
+    max_batch_size: int = Field(default=16, ge=1, le=256)  # requests a worker gathers at once (run in calls of fixed_batch rows)
     max_wait_ms: float = Field(default=2.0, ge=0)  # how long a worker waits to fill a batch
-    fixed_batch: int | None = Field(default=4, ge=1)  # rows per network call: bit-identical seeds in any batch
+    fixed_batch: int | None = Field(default=4, ge=1)  # rows per network call: bit-identical seeds in any batch; each call answered on its own
     queue_capacity: int = Field(default=256, ge=1)  # queued + running requests; beyond: 429
     request_timeout_s: float = Field(default=60.0, gt=0)  # deadline of a synchronous request: 504
     job_ttl_s: int = Field(default=3600, ge=1)  # how long job results are kept

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from redis.exceptions import RedisError, ResponseError
 
 from . import metrics, webhooks
-from .batching import batch_key, plan_batches
+from .batching import batch_key, cut_rows, plan_batches
 from .contract import JobResult
 from .queue import THREAD_PAUSE_S, Entry, RedisQueue, connect, connect_sync
 from .runner import Runner
@@ -41,6 +41,7 @@ class Worker:
         self._last_batch = 0  # entries in the last batch gathered (the batch-fill wait is for load)
         self._stop = asyncio.Event()
         self._pending: list[Entry] = []  # gathered, not yet finished: resumed after a Redis error
+        self._carried: list[Entry] = []  # gathered, held back for the next batch (`_carry`)
         self._batch_started: float | None = None  # monotonic start of the batch now running
         self._batch_ids: set[str] = set()  # its stream ids
         self._tasks: set[asyncio.Task] = set()  # webhook deliveries under way
@@ -52,10 +53,10 @@ class Worker:
         beat = asyncio.create_task(self._heartbeat(stop))
         backoff = 0.1
         try:
-            while not stop.is_set():
+            while not stop.is_set() or self._carried:  # what it holds back runs before it stops
                 try:
                     await self.queue.ensure_group()
-                    while not stop.is_set():
+                    while not stop.is_set() or self._carried:
                         entries = await self._resume() if self._pending else await self.gather()
                         if entries:
                             await self.process(entries)
@@ -91,8 +92,12 @@ class Worker:
     async def gather(self) -> list[Entry]:
         """What to run next: one stale entry of a dead worker, alone (it may be what killed that
         worker, and a request taken over with others would share its delivery count); else up
-        to max_batch_size new ones."""
+        to max_batch_size new ones, after those held back from the last batch."""
         s = self.settings
+        if self._carried:  # under load: they run now, with what has come meanwhile (nothing new once stopping)
+            entries, self._carried = self._carried, []
+            self._pending = list(entries)
+            return entries if self._stop.is_set() else await self._fill(entries)
         now = time.monotonic()
         if now - self._last_claim > s.claim_idle_ms / 4000:
             self._last_claim = now
@@ -105,6 +110,10 @@ class Worker:
         entries = await self.queue.read(self.name, s.max_batch_size, block_ms=500)
         if not entries:
             return []
+        return await self._fill(entries)
+
+    async def _fill(self, entries: list[Entry]) -> list[Entry]:
+        s = self.settings
         self._pending = list(entries)  # from here on a Redis error resumes them, not a takeover
         # fill the batch: sweep what is already queued, then wait (here, not in Redis: a short
         # BLOCK times out only at Redis's next cron tick, up to 1/hz = 100 ms late). The wait is
@@ -149,13 +158,33 @@ class Worker:
         try:
             alone = [[e] for e in ready if e.deliveries > 1]  # taken over: maybe what killed a worker
             fresh = [e for e in ready if e.deliveries <= 1]
-            for batch in alone + plan_batches(fresh, s.max_batch_size, key=lambda e: batch_key(e.job)):
+            batches, carried = self._carry(plan_batches(fresh, s.max_batch_size, key=lambda e: batch_key(e.job)))
+            for batch in alone + batches:
                 self._batch_ids = {e.stream_id for e in batch}
                 await self._run_batch(batch)
                 held.difference_update(e.stream_id for e in batch)
         finally:
             keeper.cancel()
-        self._pending = []
+        self._pending, self._carried = [], carried  # only once the rest has run: after a failure, every entry left is resumed
+
+    def _carry(self, batches: list[list[Entry]]) -> tuple[list[list[Entry]], list[Entry]]:
+        """With a fixed row count per network call, cut batches into runs of that many rows, each
+        run and finished on its own. Under load (a batch of more than one run), a last run that
+        would be padded is held back for the next gather, where requests that arrived meanwhile
+        fill its rows. It leads that gather (the oldest there), so it runs in its first call,
+        about when it would have run as the padded last one, and is never held back twice.
+        Nothing is held back once stopping."""
+        size = self.settings.fixed_batch
+        if size is None:
+            return batches, []
+        out, carried = [], []
+        for batch in batches:
+            runs = cut_rows(batch, lambda e: len(e.job.items), size)
+            last = runs[-1]
+            if len(runs) > 1 and sum(len(e.job.items) for e in last) < size and not self._stop.is_set():
+                carried += runs.pop()
+            out += runs
+        return out, carried
 
     async def _run_batch(self, batch: list[Entry]) -> None:
         now = time.time()

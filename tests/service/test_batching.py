@@ -1,4 +1,6 @@
-from service.batching import plan_batches
+import pytest
+
+from service.batching import cut_rows, plan_batches
 from service.contract import Job, JobItem
 
 
@@ -25,3 +27,13 @@ def test_batches_respect_the_size_limit():
 def test_other_families_never_share():
     batches = plan_batches([job(model="a", tag=0), job(model="b", tag=1), job(model="a", tag=2)], max_batch_size=8)
     assert [[j.model for j in b] for b in batches] == [["a", "a"], ["b"]]
+
+
+def test_runs_hold_at_most_the_fixed_row_count_in_arrival_order():
+    rows = {0: 1, 1: 3, 2: 1, 3: 2, 4: 6, 5: 1, 6: 1}  # job tag -> images
+    batch = [job(tag=k) for k in rows]
+    runs = cut_rows(batch, lambda j: rows[int(j.id.split("-")[1])], 4)
+    assert tags(runs) == [[0, 1], [2, 3], [4], [5, 6]]  # 6 images: alone, over two calls
+    assert cut_rows(batch[:1], lambda j: 1, 4) == [batch[:1]]
+    with pytest.raises(ValueError):
+        cut_rows(batch, lambda j: 1, 0)

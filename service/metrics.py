@@ -11,7 +11,7 @@ REQUEST_LATENCY = Histogram(
 )
 REQUESTS = Counter("fewstep_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"])
 ERRORS = Counter("fewstep_errors_total", "HTTP error responses (4xx and 5xx) by status", ["status"])
-QUEUE_WAIT = Histogram("fewstep_queue_wait_seconds", "Time a request waited in the queue before a worker took it", buckets=LATENCY_BUCKETS)
+QUEUE_WAIT = Histogram("fewstep_queue_wait_seconds", "Time a request waited before its batch started running", buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("fewstep_batch_size", "Requests per forward-pass batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 BATCH_IMAGES = Histogram("fewstep_batch_images", "Images per forward-pass batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 MODEL_TIME = Histogram("fewstep_batch_model_seconds", "Model time per batch", ["steps"], buckets=LATENCY_BUCKETS)

@@ -94,12 +94,15 @@ class Worker:
         worker, and a request taken over with others would share its delivery count); else up
         to max_batch_size new ones, after those held back from the last batch."""
         s = self.settings
-        if self._carried:  # under load: they run now, with what has come meanwhile (nothing new once stopping)
+        now = time.monotonic()
+        claim_due = now - self._last_claim > s.claim_idle_ms / 4000
+        if self._carried:  # under load: they run now, with what has come meanwhile
             entries, self._carried = self._carried, []
             self._pending = list(entries)
-            return entries if self._stop.is_set() else await self._fill(entries)
-        now = time.monotonic()
-        if now - self._last_claim > s.claim_idle_ms / 4000:
+            # alone when stopping, or when a takeover is due: the next gather looks for one then
+            # (a request taken over may kill its worker: it runs with nothing else held)
+            return entries if self._stop.is_set() or claim_due else await self._fill(entries)
+        if claim_due:
             self._last_claim = now
             taken = await self.queue.claim(self.name, s.claim_idle_ms, 1)
             if taken:
@@ -169,20 +172,19 @@ class Worker:
 
     def _carry(self, batches: list[list[Entry]]) -> tuple[list[list[Entry]], list[Entry]]:
         """With a fixed row count per network call, cut batches into runs of that many rows, each
-        run and finished on its own. Under load (a batch of more than one run), a last run that
-        would be padded is held back for the next gather, where requests that arrived meanwhile
-        fill its rows. It leads that gather (the oldest there), so it runs in its first call,
-        about when it would have run as the padded last one, and is never held back twice.
-        Nothing is held back once stopping."""
+        run and finished on its own. Under load (a batch of more than one run), the last run of
+        the first such batch, if it would be padded, is held back for the next gather, where
+        requests that arrived meanwhile fill its rows. It leads that gather (the oldest there),
+        so it runs in its first call, about when it would have run as the padded last one, and
+        is never held back twice. Nothing is held back once stopping."""
         size = self.settings.fixed_batch
         if size is None:
             return batches, []
         out, carried = [], []
         for batch in batches:
             runs = cut_rows(batch, lambda e: len(e.job.items), size)
-            last = runs[-1]
-            if len(runs) > 1 and sum(len(e.job.items) for e in last) < size and not self._stop.is_set():
-                carried += runs.pop()
+            if not carried and len(runs) > 1 and sum(len(e.job.items) for e in runs[-1]) < size and not self._stop.is_set():
+                carried = runs.pop()
             out += runs
         return out, carried
 
@@ -319,10 +321,10 @@ class Worker:
         while True:
             await asyncio.sleep(period)
             started = self._batch_started
-            if started is not None and time.monotonic() - started > s.batch_timeout_s and not self._batch_ids <= hung:
-                hung |= self._batch_ids
-                log.error("worker %s: a batch has run for over %.0fs (FEWSTEP_BATCH_TIMEOUT_S); leaving its %d requests to other workers",
-                          self.name, s.batch_timeout_s, len(self._batch_ids))
+            if started is not None and time.monotonic() - started > s.batch_timeout_s and not held <= hung:
+                log.error("worker %s: a batch has run for over %.0fs (FEWSTEP_BATCH_TIMEOUT_S); leaving its %d requests, and the %d "
+                          "behind it, to other workers", self.name, s.batch_timeout_s, len(self._batch_ids), len(held - self._batch_ids))
+                hung |= held
             try:
                 await self.queue.touch(self.name, sorted(held - hung))
             except REDIS_TROUBLE as exc:

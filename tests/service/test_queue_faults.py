@@ -257,6 +257,39 @@ def test_a_hung_batch_is_left_to_another_worker(redis_server):
     with_queue(redis_server.url, body)
 
 
+def test_the_requests_behind_a_hung_batch_are_left_to_another_worker_too(redis_server):
+    """Two batches gathered together (two step counts), the first hangs: the second, which would
+    wait behind it, is no longer refreshed either, so another worker answers both."""
+
+    async def body(queue, client):
+        jobs = [a_job(steps=4), a_job(steps=2)]
+        for j in jobs:
+            await queue.submit(j, 10)
+        hang = threading.Event()
+        first = []
+
+        def during(batch):
+            if not first:
+                first.append(1)
+                hang.wait(10)
+
+        runner = FakeRunner(during=during)
+        settings = Settings(claim_idle_ms=200, max_wait_ms=0, batch_timeout_s=0.5, heartbeat_s=0.2)
+        hung = Worker(settings, queue, runner, name="w1")
+        entries = await hung.gather()
+        assert len(entries) == 2
+        running = asyncio.create_task(hung.process(entries))
+        stop = asyncio.Event()
+        other = asyncio.create_task(Worker(settings, queue, runner, name="w2").run(stop))
+        results = [await queue.wait(j.id, 6) for j in jobs]
+        hang.set()
+        stop.set()
+        await asyncio.gather(running, other)
+        assert [r is not None and r.status for r in results] == ["succeeded", "succeeded"]
+
+    with_queue(redis_server.url, body)
+
+
 def test_the_first_finish_wins(redis_server):
     async def body(queue, client):
         j = a_job(store=True)

@@ -24,6 +24,7 @@ from .settings import Settings
 from .state import State
 
 log = logging.getLogger("fewstep.api")
+WORKER_GRACE_S = 10.0  # at shutdown, how long in-process workers may take to end their batch before they are cancelled
 access = logging.getLogger("fewstep.access")
 
 
@@ -127,6 +128,8 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
             yield
         finally:
             state.stop.set()
+            if state.ready and state.tasks:  # workers end the batch they run, and run what they hold back, first
+                await asyncio.wait(state.tasks, timeout=WORKER_GRACE_S)
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)

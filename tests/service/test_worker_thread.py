@@ -224,3 +224,43 @@ def test_cuda_graph_students_match_eager_and_keep_earlier_outputs():
         assert torch.equal(graphs.generate([r], steps=4)[0], together[k])
     diff = (together.float() - eager.generate(batch, steps=4).float()).abs().max().item()
     assert diff < 2e-2, f"CUDA graphs differ from eager by {diff}"
+
+
+class SlowRunner:
+    def run(self, jobs, on_event=None):
+        time.sleep(1.0)
+        return [JobResult(status="succeeded", model=j.model, steps=j.steps, images=["img"]) for j in jobs]
+
+
+def test_an_api_process_that_stops_lets_its_worker_end_the_batch_it_runs(redis_server, monkeypatch):
+    """Stopping `python -m service` while a batch runs: its worker ends the batch and records it,
+    instead of being cancelled and leaving the request to a takeover, as another delivery."""
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: SlowRunner())
+    prefix = f"grace-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(Settings(queue_prefix=prefix), redis_url=redis_server.url, workers=1)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+        r = client.post("/v1/jobs", json={"endpoint": "txt2img", "request": {"prompt": "a red cross", "seed": 3}})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline, "never ran"
+            time.sleep(0.02)
+    # the app has stopped, its worker's batch (1 s) under way when it did
+
+    async def stored():
+        redis_client = aioredis.from_url(redis_server.url)
+        try:
+            queue = RedisQueue(redis_client, prefix=prefix)
+            return await queue.result(job_id), await queue.depth()
+        finally:
+            await redis_client.aclose()
+
+    result, depth = asyncio.run(stored())
+    assert result is not None and result.status == "succeeded" and depth == 0

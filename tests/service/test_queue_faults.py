@@ -231,20 +231,27 @@ def test_a_redis_error_mid_batch_resumes_without_a_takeover(redis_server, monkey
     with_queue(redis_server.url, body)
 
 
+HUNG_SETTINGS = Settings(claim_idle_ms=200, max_wait_ms=0, batch_timeout_s=0.5, heartbeat_s=0.2)
+
+
+def hanging_runner() -> tuple[FakeRunner, threading.Event]:
+    """A runner whose first batch hangs until the event is set (10 s at most)."""
+    hang, first = threading.Event(), []
+
+    def during(jobs):
+        if not first:
+            first.append(1)
+            hang.wait(10)
+
+    return FakeRunner(during=during), hang
+
+
 def test_a_hung_batch_is_left_to_another_worker(redis_server):
     async def body(queue, client):
         j = a_job()
         await queue.submit(j, 10)
-        hang = threading.Event()
-        first = []
-
-        def during(jobs):
-            if not first:
-                first.append(1)
-                hang.wait(10)  # the first worker to run it hangs
-
-        runner = FakeRunner(during=during)
-        settings = Settings(claim_idle_ms=200, max_wait_ms=0, batch_timeout_s=0.5, heartbeat_s=0.2)
+        runner, hang = hanging_runner()  # the first worker to run it hangs
+        settings = HUNG_SETTINGS
         stop = asyncio.Event()
         tasks = [asyncio.create_task(Worker(settings, queue, runner, name=n).run(stop)) for n in ("w1", "w2")]
         result = await queue.wait(j.id, 8)
@@ -265,16 +272,8 @@ def test_the_requests_behind_a_hung_batch_are_left_to_another_worker_too(redis_s
         jobs = [a_job(steps=4), a_job(steps=2)]
         for j in jobs:
             await queue.submit(j, 10)
-        hang = threading.Event()
-        first = []
-
-        def during(batch):
-            if not first:
-                first.append(1)
-                hang.wait(10)
-
-        runner = FakeRunner(during=during)
-        settings = Settings(claim_idle_ms=200, max_wait_ms=0, batch_timeout_s=0.5, heartbeat_s=0.2)
+        runner, hang = hanging_runner()
+        settings = HUNG_SETTINGS
         hung = Worker(settings, queue, runner, name="w1")
         entries = await hung.gather()
         assert len(entries) == 2

@@ -29,6 +29,11 @@ log = logging.getLogger("fewstep.worker")
 REDIS_TROUBLE = (RedisError, OSError)  # unreachable, timed out, or refusing (OOM, READONLY, MISCONF...)
 
 
+def _rows(entry: Entry) -> int:
+    """The rows (images) a request takes in a network call."""
+    return len(entry.job.items)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -182,8 +187,8 @@ class Worker:
             return batches, []
         out, carried = [], []
         for batch in batches:
-            runs = cut_rows(batch, lambda e: len(e.job.items), size)
-            if not carried and len(runs) > 1 and sum(len(e.job.items) for e in runs[-1]) < size and not self._stop.is_set():
+            runs = cut_rows(batch, _rows, size)
+            if not carried and len(runs) > 1 and sum(map(_rows, runs[-1])) < size and not self._stop.is_set():
                 carried = runs.pop()
             out += runs
         return out, carried

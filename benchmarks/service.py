@@ -5,7 +5,8 @@
 
 All in one run, on the built-in family:
   1. the batch-shape table (in process, no HTTP): for FEWSTEP_FIXED_BATCH rows per network call
-     and eager or compiled networks, a lone 4-step request's model time and the images/s of
+     and eager or compiled networks (on a CPU compiled with inductor's C++ wrapper, the
+     default, and with its Python one), a lone 4-step request's model time and the images/s of
      16 requests drawn together, with the compile time of that shape;
   2. the text encoder's, PNG encoder's and autoencoder's cost per request and per image;
   3. a real redis-server and `python -m service` (API + one worker), once eager
@@ -211,6 +212,8 @@ def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7, device: str = "cpu", dtyp
     kinds = {"eager": {}, "compiled": {"compile": True}}
     if device.startswith("cuda"):
         kinds["CUDA graphs"] = {"compile": True, "compile_mode": "reduce-overhead"}
+    else:  # compiled networks run with inductor's C++ wrapper on a CPU; against its Python one
+        kinds["compiled, Python wrapper"] = {"compile": True, "cpp_wrapper": False}
     rows = []
     for fixed in sizes:
         for kind, options in kinds.items():
@@ -226,7 +229,7 @@ def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7, device: str = "cpu", dtyp
                 lone_ms = _median_ms(lambda: pipe.generate(lone, steps=4), repeats, device)
                 many_ms = _median_ms(lambda: pipe.generate(many, steps=4), max(3, repeats // 2), device)
                 rows.append({"fixed": fixed, "networks": kind, "threads": threads, "first_call_s": warm_s, "lone_ms": lone_ms, "images_per_s": 16 / (many_ms / 1000)})
-                print(f"[bench] fixed {fixed:2d} {kind:11s} {threads} threads: lone {lone_ms:.1f} ms, 16 at once {16 / (many_ms / 1000):.1f} images/s", flush=True)
+                print(f"[bench] fixed {fixed:2d} {kind:24s} {threads} threads: lone {lone_ms:.1f} ms, 16 at once {16 / (many_ms / 1000):.1f} images/s", flush=True)
     torch.set_num_threads(cores)
     return rows
 

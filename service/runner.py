@@ -42,7 +42,7 @@ def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
 
 class Runner:
     def __init__(self, paths: dict, *, device: str = "auto", dtype: str = "auto", fixed_batch: int | None = None, compile: bool = False,
-                 cuda_graphs: bool = False):
+                 cpp_wrapper: bool = True, cuda_graphs: bool = False):
         self.device, self.dtype = pick_device(device, dtype)
         if compile and fixed_batch is None:
             log.warning("FEWSTEP_COMPILE needs FEWSTEP_FIXED_BATCH (compiled networks take one batch shape); running eagerly")
@@ -53,7 +53,8 @@ class Runner:
             cuda_graphs = False
         self.thread: ThreadPoolExecutor | None = None  # the one thread that warms up and runs it (worker.load_runner)
         mode = "reduce-overhead" if cuda_graphs else "default"
-        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile, compile_mode=mode)
+        self.pipelines = {name: Pipeline(Family(path, self.device, self.dtype), fixed_batch=fixed_batch, compile=compile, compile_mode=mode,
+                                      cpp_wrapper=cpp_wrapper)
                           for name, path in paths.items()}
         log.info("loaded %s on %s (%s%s)", sorted(self.pipelines), self.device, self.dtype, ", CUDA graphs" if cuda_graphs else "")
 
@@ -70,18 +71,24 @@ class Runner:
     def warm_up(self) -> None:
         """Load every student and run it once (with CUDA graphs: three times, the graphs are
         recorded on the second call), so the first request pays no loading, compilation or
-        recording cost. A platform where compilation fails runs eagerly, with a warning. Call it
+        recording cost. A family whose C++ wrapper fails to build is compiled with the Python one; a
+        platform where compilation fails runs eagerly; each with a warning. Call it
         on the thread that will run the batches: CUDA graphs are kept per thread."""
         for name, pipe in self.pipelines.items():
             start = time.perf_counter()
-            try:
-                self._warm(pipe)
-            except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways (no C++ compiler, an unsupported op)
-                if not pipe.compile:
-                    raise
-                log.warning("compiling %s failed (%s: %s); it runs eagerly", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-                pipe.eager()
-                self._warm(pipe)
+            while True:
+                try:
+                    self._warm(pipe)
+                    break
+                except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways (no C++ compiler, an unsupported op)
+                    if not pipe.compile:
+                        raise
+                    fallback = "with inductor's Python wrapper" if pipe.cpp_wrapper else "eagerly"
+                    log.warning("compiling %s failed (%s: %s); it runs %s", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", fallback)
+                    if pipe.cpp_wrapper:
+                        pipe.python_wrapper()
+                    else:
+                        pipe.eager()
             log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
         if any(pipe.cuda_graphs for pipe in self.pipelines.values()):
             from torch._dynamo.utils import counters
@@ -149,7 +156,9 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 def _kind(pipe: Pipeline) -> str:
     if not pipe.compile:
         return "eager"
-    return "compiled, CUDA graphs" if pipe.cuda_graphs else "compiled"
+    if pipe.cuda_graphs:
+        return "compiled, CUDA graphs"
+    return "compiled, C++ wrapper" if pipe.cpp_wrapper else "compiled"
 
 
 def _previews(jobs: list[Job], on_event: Callable[[str, dict], None] | None):

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
     torch_threads: int | None = Field(default=None, ge=1)
     compile: bool = True  # torch.compile the networks for the fixed batch shape during warm-up (FEWSTEP_COMPILE=0: eager)
+    cpp_wrapper: bool = True  # on a CPU, compile with inductor's C++ wrapper: faster networks, a longer first compile
     cuda_graphs: bool = False  # on a CUDA device, compile with CUDA graphs (torch.compile mode "reduce-overhead"); ignored elsewhere
 
     # batching

@@ -392,7 +392,7 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
     import torch
 
     runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch, compile=settings.compile,
-                    cuda_graphs=settings.cuda_graphs)
+                    cpp_wrapper=settings.cpp_wrapper, cuda_graphs=settings.cuda_graphs)
     threads = settings.torch_threads
     spare_one = threads is None and beside_api and runner.device == "cpu"
     if threads:

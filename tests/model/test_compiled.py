@@ -8,7 +8,7 @@ import torch
 
 from model.builtin import BUILTIN_DIR, DEFAULT_FAMILY
 from model.family import Family
-from model.pipeline import Pipeline, Request
+from model.pipeline import Pipeline, Request, compile_kwargs
 
 pytestmark = pytest.mark.slow  # compiling takes a minute on a cold cache
 
@@ -40,6 +40,7 @@ def test_compiled_pixels_ignore_batch_mates_and_match_eager(pipes, steps, stocha
     together = compiled.generate(batch, steps=steps, stochastic=stochastic)
     student = compiled.family.student(steps, stochastic)
     assert isinstance(compiled.network(student), torch._dynamo.eval_frame.OptimizedModule)  # it really runs compiled
+    assert compiled.cpp_wrapper  # on a CPU, with inductor's C++ wrapper (the service's default)
     assert eager.network(student) is student
     for k, r in enumerate(batch):
         alone = compiled.generate([r], steps=steps, stochastic=stochastic)[0]
@@ -48,3 +49,10 @@ def test_compiled_pixels_ignore_batch_mates_and_match_eager(pipes, steps, stocha
     diff = (together - reference).abs().max().item()
     assert diff < 1e-3, f"compiled differs from eager by {diff}"
     assert (together[0] - together[4]).abs().max() > 0.1  # not a constant image
+
+
+def test_compile_arguments_per_device_and_mode():
+    assert compile_kwargs("cpu", "default", True) == {"dynamic": False, "options": {"cpp_wrapper": True}}
+    assert compile_kwargs("cpu", "default", False) == {"dynamic": False}
+    assert compile_kwargs("cuda", "default", True) == {"dynamic": False}  # the C++ wrapper is for CPUs only
+    assert compile_kwargs("cuda", "reduce-overhead", False) == {"dynamic": False, "mode": "reduce-overhead"}

@@ -189,6 +189,40 @@ def test_cuda_graphs_are_not_used_off_a_gpu_or_without_compiling(caplog):
     assert sum("FEWSTEP_CUDA_GRAPHS needs compiled networks on a CUDA device" in r.message for r in caplog.records) == 2
 
 
+@pytest.mark.parametrize("failing", ["cpp wrapper", "every compile"])
+def test_a_failed_compile_falls_back_a_step_at_a_time(monkeypatch, caplog, failing):
+    """A family whose C++ wrapper fails to build is compiled with the Python wrapper; one that
+    fails to compile at all runs eagerly; each says so and the service still starts."""
+    runner = Runner({"shapes": BUILTIN_DIR / "shapes"}, device="cpu", fixed_batch=4, compile=True)
+    pipe = runner.pipelines["shapes"]
+    assert pipe.compile and pipe.cpp_wrapper
+    tried = []
+
+    def warm(p):
+        tried.append((p.compile, p.cpp_wrapper))
+        if p.compile and (p.cpp_wrapper or failing == "every compile"):
+            raise RuntimeError("C++ compile error: something went wrong")
+
+    monkeypatch.setattr(Runner, "_warm", staticmethod(warm))
+    with caplog.at_level(logging.WARNING, logger="fewstep.runner"):
+        runner.warm_up()
+    if failing == "cpp wrapper":
+        assert tried == [(True, True), (True, False)] and pipe.compile and not pipe.cpp_wrapper
+        assert "compiling shapes failed (RuntimeError: C++ compile error: something went wrong); it runs with inductor's Python wrapper" in caplog.text
+    else:
+        assert tried == [(True, True), (True, False), (False, False)] and not pipe.compile and not runner.compiles
+        assert caplog.text.count("compiling shapes failed") == 2 and "it runs eagerly" in caplog.text
+
+
+@pytest.mark.parametrize("value,expected", [(None, True), ("0", False)])
+def test_fewstep_cpp_wrapper_chooses_the_compiled_wrapper(monkeypatch, value, expected):
+    if value is not None:
+        monkeypatch.setenv("FEWSTEP_CPP_WRAPPER", value)
+    monkeypatch.setattr(Runner, "warm_up", lambda self: None)  # no compiling: only which wrapper was asked for
+    runner = worker_module.build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"})
+    assert runner.compiles and runner.pipelines["shapes"].cpp_wrapper is expected
+
+
 def test_a_bad_compile_mode_is_refused():
     from model.family import Family
     from model.pipeline import Pipeline

@@ -13,7 +13,7 @@ during warm-up). Students share one graph: they differ in weights only. `compile
 "reduce-overhead"` adds CUDA graphs on a GPU (a graph replays a network's kernels with one
 launch). On a CPU the compiled graph's wrapper, the code that calls its kernels one after the
 other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster on
-2 cores (docs/benchmarks/service.md), for a first compile a few seconds longer. Their graphs are kept per thread, so one thread must warm up and run them; each call
+2 cores at 4 rows (docs/benchmarks/service.md), for a first compile up to 40% longer. Their graphs are kept per thread, so one thread must warm up and run them; each call
 starts a new graph step and copies the output out of the graph's memory, which the next replay
 overwrites.
 """
@@ -49,12 +49,12 @@ def graph_safe(network: Callable) -> Callable:
     return call
 
 
-def compile_kwargs(device: str, mode: str, cpp_wrapper: bool) -> dict:
+def compile_kwargs(device: str | torch.device, mode: str, cpp_wrapper: bool) -> dict:
     """torch.compile's arguments for a network on `device`: the mode, or on a CPU (without a
     mode) the C++ wrapper when asked for."""
     if mode != "default":
         return {"dynamic": False, "mode": mode}
-    if cpp_wrapper and device == "cpu":
+    if cpp_wrapper and torch.device(device).type == "cpu":
         return {"dynamic": False, "options": {"cpp_wrapper": True}}
     return {"dynamic": False}
 
@@ -83,7 +83,7 @@ class Pipeline:
         self.fixed_batch = fixed_batch
         self.compile = compile
         self.compile_mode = compile_mode
-        self.cpp_wrapper = cpp_wrapper and compile and compile_mode == "default" and str(family.device) == "cpu"
+        self.cpp_wrapper = cpp_wrapper and compile and compile_mode == "default" and torch.device(family.device).type == "cpu"
         self._compiled: dict[int, Callable] = {}
         info = family.info
         self.text_encoder = None

@@ -83,8 +83,8 @@ class Runner:
                 except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways (no C++ compiler, an unsupported op)
                     if not pipe.compile:
                         raise
-                    fallback = "with inductor's Python wrapper" if pipe.cpp_wrapper else "eagerly"
-                    log.warning("compiling %s failed (%s: %s); it runs %s", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", fallback)
+                    fallback = "is compiled again with inductor's Python wrapper" if pipe.cpp_wrapper else "runs eagerly"
+                    log.warning("compiling %s failed (%s: %s); it %s", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", fallback)
                     if pipe.cpp_wrapper:
                         pipe.python_wrapper()
                     else:

@@ -8,7 +8,7 @@ import torch
 
 from model.builtin import BUILTIN_DIR, DEFAULT_FAMILY
 from model.family import Family
-from model.pipeline import Pipeline, Request, compile_kwargs
+from model.pipeline import Pipeline, Request
 
 pytestmark = pytest.mark.slow  # compiling takes a minute on a cold cache
 
@@ -50,9 +50,3 @@ def test_compiled_pixels_ignore_batch_mates_and_match_eager(pipes, steps, stocha
     assert diff < 1e-3, f"compiled differs from eager by {diff}"
     assert (together[0] - together[4]).abs().max() > 0.1  # not a constant image
 
-
-def test_compile_arguments_per_device_and_mode():
-    assert compile_kwargs("cpu", "default", True) == {"dynamic": False, "options": {"cpp_wrapper": True}}
-    assert compile_kwargs("cpu", "default", False) == {"dynamic": False}
-    assert compile_kwargs("cuda", "default", True) == {"dynamic": False}  # the C++ wrapper is for CPUs only
-    assert compile_kwargs("cuda", "reduce-overhead", False) == {"dynamic": False, "mode": "reduce-overhead"}

@@ -208,7 +208,7 @@ def test_a_failed_compile_falls_back_a_step_at_a_time(monkeypatch, caplog, faili
         runner.warm_up()
     if failing == "cpp wrapper":
         assert tried == [(True, True), (True, False)] and pipe.compile and not pipe.cpp_wrapper
-        assert "compiling shapes failed (RuntimeError: C++ compile error: something went wrong); it runs with inductor's Python wrapper" in caplog.text
+        assert "compiling shapes failed (RuntimeError: C++ compile error: something went wrong); it is compiled again with inductor's Python wrapper" in caplog.text
     else:
         assert tried == [(True, True), (True, False), (False, False)] and not pipe.compile and not runner.compiles
         assert caplog.text.count("compiling shapes failed") == 2 and "it runs eagerly" in caplog.text
@@ -216,11 +216,25 @@ def test_a_failed_compile_falls_back_a_step_at_a_time(monkeypatch, caplog, faili
 
 @pytest.mark.parametrize("value,expected", [(None, True), ("0", False)])
 def test_fewstep_cpp_wrapper_chooses_the_compiled_wrapper(monkeypatch, value, expected):
+    monkeypatch.delenv("FEWSTEP_COMPILE", raising=False)
+    monkeypatch.delenv("FEWSTEP_CPP_WRAPPER", raising=False)
     if value is not None:
         monkeypatch.setenv("FEWSTEP_CPP_WRAPPER", value)
     monkeypatch.setattr(Runner, "warm_up", lambda self: None)  # no compiling: only which wrapper was asked for
     runner = worker_module.build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"})
     assert runner.compiles and runner.pipelines["shapes"].cpp_wrapper is expected
+
+
+def test_a_warm_up_that_fails_eagerly_too_raises(monkeypatch):
+    runner = Runner({"shapes": BUILTIN_DIR / "shapes"}, device="cpu", fixed_batch=4, compile=True)
+
+    def warm(p):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Runner, "_warm", staticmethod(warm))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.warm_up()
+    assert not runner.pipelines["shapes"].compile
 
 
 def test_a_bad_compile_mode_is_refused():

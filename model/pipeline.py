@@ -11,11 +11,11 @@ With `compile`, the networks run under `torch.compile` (inductor) for the one sh
 calls them with, `fixed_batch` rows; each is compiled on its first call (the service does that
 during warm-up). Students share one graph: they differ in weights only. `compile_mode=
 "reduce-overhead"` adds CUDA graphs on a GPU (a graph replays a network's kernels with one
-launch). On a CPU the compiled graph's wrapper, the code that calls its kernels one after the
-other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster on
-2 cores at 4 rows (docs/benchmarks/service.md), for a first compile up to 40% longer. Their graphs are kept per thread, so one thread must warm up and run them; each call
+launch). Their graphs are kept per thread, so one thread must warm up and run them; each call
 starts a new graph step and copies the output out of the graph's memory, which the next replay
-overwrites.
+overwrites. On a CPU the compiled graph's wrapper, the code that calls its kernels one after
+the other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster
+on 2 cores at 4 rows (docs/benchmarks/service.md), for a first compile up to 40% longer.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Pipeline:
         self.fixed_batch = fixed_batch
         self.compile = compile
         self.compile_mode = compile_mode
-        self.cpp_wrapper = cpp_wrapper and compile and compile_mode == "default" and torch.device(family.device).type == "cpu"
+        self.cpp_wrapper = compile and "options" in compile_kwargs(family.device, compile_mode, cpp_wrapper)  # where it applies
         self._compiled: dict[int, Callable] = {}
         info = family.info
         self.text_encoder = None
@@ -147,7 +147,7 @@ class Pipeline:
             return model
         key = id(model)
         if key not in self._compiled:
-            compiled = torch.compile(model, **compile_kwargs(str(self.family.device), self.compile_mode, self.cpp_wrapper))
+            compiled = torch.compile(model, **compile_kwargs(self.family.device, self.compile_mode, self.cpp_wrapper))
             self._compiled[key] = graph_safe(compiled) if self.cuda_graphs else compiled
         return self._compiled[key]
 

@@ -42,18 +42,30 @@ class CachedTextEncoder:
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _fill(self, prompts: list[str]) -> None:
+        """Encode the prompts not cached yet (call with the lock held)."""
+        missing = sorted({p for p in prompts if p and p not in self._cache})
+        size = self.fixed_batch or 256
+        for start in range(0, len(missing), size):
+            chunk = missing[start : start + size]
+            pad = [""] * (size - len(chunk)) if self.fixed_batch else []
+            states, mask = self._encode(chunk + pad)
+            for p, s, m in zip(chunk, states, mask):
+                self._cache[p] = (s, m)
+
+    def warm(self, prompts: list[str]) -> None:
+        """Cache the prompts' encodings without returning them (a training run's whole caption
+        vocabulary, up front). With fixed_batch, each is what `__call__` would give it."""
+        with self._lock:
+            self._fill([p.strip() for p in prompts])
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, dim) token states and a (B, L) bool mask; empty prompts get an all-False mask."""
         prompts = [p.strip() for p in prompts]
         with self._lock:
-            missing = sorted({p for p in prompts if p and p not in self._cache})
-            size = self.fixed_batch or 256
-            for start in range(0, len(missing), size):
-                chunk = missing[start : start + size]
-                pad = [""] * (size - len(chunk)) if self.fixed_batch else []
-                states, mask = self._encode(chunk + pad)
-                for p, s, m in zip(chunk, states, mask):
-                    self._cache[p] = (s, m)
+            self._fill(prompts)
             states, masks = [], []
             for p in prompts:
                 if p:

@@ -12,6 +12,7 @@ from .data import Batch
 
 CAPTION_CACHE = 16384  # distinct captions kept encoded (384 x text_len floats each)
 ENCODE_ROWS = 64
+WARM_BYTES = 256 * 2**20  # a caption vocabulary is encoded up front only if its embeddings fit in this
 
 
 class Preparer:
@@ -30,6 +31,24 @@ class Preparer:
         if text_encoder == "builtin":
             text_encoder = TextEncoder(max_length=text_len, cache_size=CAPTION_CACHE, device=device, on_device=True, fixed_batch=ENCODE_ROWS) if dataset.has_text else None
         self.text_encoder = text_encoder
+
+    def warm_vocabulary(self, steps: int) -> bool:
+        """Before a stage of `steps` steps: encode every caption the data can draw, when the
+        cache holds them all, they take at most WARM_BYTES, and encoding them takes no more
+        encoder calls than the stage has steps.
+        Met one batch at a time instead, nearly every step would miss a caption, and pay a
+        whole chunk of ENCODE_ROWS for it, until the vocabulary is seen. The embeddings are
+        those the steps would have encoded (chunks of fixed rows). True when it is cached."""
+        vocabulary = getattr(self.dataset, "caption_vocabulary", None)
+        if self.text_encoder is None or vocabulary is None:
+            return False
+        captions = vocabulary()
+        enc = self.text_encoder
+        size = len(captions) * enc.max_length * enc.dim * 4  # float32 token states
+        if not captions or len(captions) > enc.cache_size or size > WARM_BYTES or -(-len(captions) // ENCODE_ROWS) > steps:
+            return False
+        self.text_encoder.warm(captions)
+        return True
 
     def warm(self, batch: Batch) -> None:
         """Encode the batch's captions into the cache ahead of its step (the prefetch thread)."""

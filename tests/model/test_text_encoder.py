@@ -27,3 +27,18 @@ def test_with_fixed_batch_an_encoding_does_not_depend_on_what_missed_the_cache_w
     first = a(prompts[:6])[0]
     b(prompts[3:4])  # one of them cached first, the rest encoded beside fewer mates
     assert torch.equal(first, b(prompts[:6])[0])
+
+
+def test_warm_caches_what_a_call_would_encode():
+    """A training run encodes its caption vocabulary up front (`warm`); each caption must get
+    the bits a step would have encoded it to, among whatever captions missed with it."""
+    prompts = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle", "cross")]
+    warmed, called = TextEncoder(16, fixed_batch=8), TextEncoder(16, fixed_batch=8)
+    warmed.warm([f" {p} " for p in prompts] + [""])  # stripped like a call's; the empty prompt is never cached
+    assert set(warmed._cache) == set(prompts)
+    batch = [prompts[5], prompts[0], "", prompts[11]]
+    for got, want in zip(warmed(batch), called(batch)):
+        assert torch.equal(got, want)
+    small = TextEncoder(16, cache_size=4, fixed_batch=8)
+    small.warm(prompts)
+    assert len(small._cache) == 4  # the cache's bound holds

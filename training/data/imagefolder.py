@@ -82,6 +82,10 @@ class ImageFolderDataset:
         self.captions = [str(r["text"]) for r in rows] if self.has_text else None
         self.attributes = [Attribute("class", tuple(names))] if self.num_classes else []
 
+    def caption_vocabulary(self) -> list[str]:
+        """Every caption a training batch can carry: the folder's, each once."""
+        return sorted(set(self.captions or []))
+
     def __len__(self) -> int:
         return self.images.shape[0]
 

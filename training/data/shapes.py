@@ -111,6 +111,18 @@ class ShapesDataset:
         ], dim=1)
         return pick, attrs
 
+    def caption_vocabulary(self) -> list[str]:
+        """Every caption a training batch can carry (1008): the seen shape/colour pairs, each
+        size, position and background, and each choice of what the caption mentions."""
+        texts = set()
+        for colour, shape in self.combos:
+            for size in range(len(SIZES)):
+                for pos in range(len(POSITIONS)):
+                    for bg in range(len(BACKGROUNDS)):
+                        attrs = (SHAPES.index(shape), COLOURS.index(colour), size, pos, bg)
+                        texts.update(caption(attrs, detail)[0] for detail in range(8))
+        return sorted(texts)
+
     def captions_for(self, attrs: torch.Tensor, g: torch.Generator, detail: int | None = None) -> tuple[list[str], torch.Tensor]:
         """Captions and the attributes they ask for (unasked set to -1)."""
         details = torch.randint(0, 8, (attrs.shape[0],), generator=g) if detail is None else torch.full((attrs.shape[0],), detail)

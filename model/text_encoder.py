@@ -56,8 +56,12 @@ class CachedTextEncoder:
     def warm(self, prompts: list[str]) -> None:
         """Cache the prompts' encodings without returning them (a training run's whole caption
         vocabulary, up front). With fixed_batch, each is what `__call__` would give it."""
+        prompts = [p.strip() for p in prompts]
         with self._lock:
-            self._fill([p.strip() for p in prompts])
+            self._fill(prompts)
+            for p in prompts:  # the newest entries: what the cache evicts first is older
+                if p:
+                    self._cache.move_to_end(p)
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 

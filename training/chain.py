@@ -167,7 +167,7 @@ class Chain:
         if self.recipe.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         state_dir = self.out / ".state" / name
-        self.preparer.warm_vocabulary(cfg.steps)  # once per process: later stages find it cached
+        self.preparer.warm_vocabulary(cfg.steps)  # encoded by the first stage of the process; later ones find it cached
         depth = self.recipe.data.prefetch
         self._prefetch = Prefetcher(self.dataset, cfg.batch_size // self.env.world, self.recipe.seed, stage_id, self.env.rank, depth, warm=self.preparer.warm) if depth else None
 

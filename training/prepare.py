@@ -40,7 +40,7 @@ class Preparer:
         whole chunk of ENCODE_ROWS for it, until the vocabulary is seen. The embeddings are
         those the steps would have encoded (chunks of fixed rows). True when it is cached."""
         vocabulary = getattr(self.dataset, "caption_vocabulary", None)
-        if self.text_encoder is None or vocabulary is None:
+        if self.text_encoder is None or vocabulary is None or not self.dataset.has_text:
             return False
         captions = vocabulary()
         enc = self.text_encoder

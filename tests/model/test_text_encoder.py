@@ -1,6 +1,6 @@
 import torch
 
-from model.text_encoder import TEXT_DIM, TextEncoder
+from model.text_encoder import TEXT_DIM, CachedTextEncoder, TextEncoder
 
 
 def test_minilm_token_states_null_prompt_and_cache():
@@ -27,6 +27,36 @@ def test_with_fixed_batch_an_encoding_does_not_depend_on_what_missed_the_cache_w
     first = a(prompts[:6])[0]
     b(prompts[3:4])  # one of them cached first, the rest encoded beside fewer mates
     assert torch.equal(first, b(prompts[:6])[0])
+
+
+class BatchMarkingEncoder(CachedTextEncoder):
+    """A stand-in whose encoding of a prompt depends on its batch (as CPU kernels' last bits do,
+    by shape): each row is marked with the batch's row count."""
+
+    dim = 2
+
+    def __init__(self, fixed_batch, cache_size=64):
+        self.rows = []
+        self._setup(4, cache_size, "cpu", fixed_batch, on_device=False)
+
+    def _encode(self, prompts):
+        self.rows.append(len(prompts))
+        states = torch.tensor([[float(len(p)), float(len(prompts))] for p in prompts])[:, None].expand(-1, 4, -1)
+        return states.clone(), torch.ones(len(prompts), 4, dtype=torch.bool)
+
+
+def test_warm_encodes_in_the_fixed_chunks_a_call_uses():
+    prompts = [f"prompt {k}" for k in range(11)]
+    warmed, called = BatchMarkingEncoder(fixed_batch=4), BatchMarkingEncoder(fixed_batch=4)
+    warmed.warm(prompts)
+    assert warmed.rows == [4, 4, 4]  # 11 prompts: three calls of exactly 4 rows (the last padded)
+    for k in range(0, 11, 3):
+        assert torch.equal(warmed(prompts[k : k + 3])[0], called(prompts[k : k + 3])[0])
+    small = BatchMarkingEncoder(fixed_batch=4, cache_size=6)
+    small(prompts[:2])  # cached first, so the oldest entries...
+    small(["other one", "other two"])
+    small.warm(prompts[:6])  # ...but warmed again: they are kept, the others evicted
+    assert set(small._cache) == set(prompts[:6])
 
 
 def test_warm_caches_what_a_call_would_encode():

@@ -18,6 +18,13 @@ def test_the_shapes_vocabulary_holds_every_caption_a_batch_draws():
     assert not any("blue triangle" in c or "yellow cross" in c for c in vocabulary)  # held out: never trained on
 
 
+def test_data_without_captions_encodes_no_vocabulary():
+    data = build_dataset(DataConfig(kind="shapes", resolution=8))
+    prep = Preparer(data, torch.nn.Identity(), 8, "cpu", 0.0)
+    data.has_text = False  # classes only (data.text=false): its steps draw no captions
+    assert not prep.warm_vocabulary(steps=1000) and not prep.text_encoder._cache
+
+
 def _folder(tmp_path, captions):
     from PIL import Image
 

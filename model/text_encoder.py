@@ -42,10 +42,15 @@ class CachedTextEncoder:
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    @property
+    def chunk_rows(self) -> int:
+        """Prompts per encoder call: fixed_batch (padded), else up to 256."""
+        return self.fixed_batch or 256
+
     def _fill(self, prompts: list[str]) -> None:
         """Encode the prompts not cached yet (call with the lock held)."""
         missing = sorted({p for p in prompts if p and p not in self._cache})
-        size = self.fixed_batch or 256
+        size = self.chunk_rows
         for start in range(0, len(missing), size):
             chunk = missing[start : start + size]
             pad = [""] * (size - len(chunk)) if self.fixed_batch else []

@@ -38,14 +38,15 @@ class Preparer:
         encoder calls than the stage has steps.
         Met one batch at a time instead, nearly every step would miss a caption, and pay a
         whole chunk of ENCODE_ROWS for it, until the vocabulary is seen. The embeddings are
-        those the steps would have encoded (chunks of fixed rows). True when it is cached."""
+        those the steps would have encoded (the encoder's chunks of fixed rows). True when it is cached."""
         vocabulary = getattr(self.dataset, "caption_vocabulary", None)
         if self.text_encoder is None or vocabulary is None or not self.dataset.has_text:
             return False
         captions = vocabulary()
         enc = self.text_encoder
         size = len(captions) * enc.max_length * enc.dim * 4  # float32 token states
-        if not captions or len(captions) > enc.cache_size or size > WARM_BYTES or -(-len(captions) // ENCODE_ROWS) > steps:
+        calls = -(-len(captions) // enc.chunk_rows)  # the encoder calls it takes
+        if not captions or len(captions) > enc.cache_size or size > WARM_BYTES or calls > steps:
             return False
         self.text_encoder.warm(captions)
         return True

@@ -8,6 +8,8 @@ so that prompt adherence on unseen combinations measures generalisation.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -114,14 +116,9 @@ class ShapesDataset:
     def caption_vocabulary(self) -> list[str]:
         """Every caption a training batch can carry (1008): the seen shape/colour pairs, each
         size, position and background, and each choice of what the caption mentions."""
-        texts = set()
-        for colour, shape in self.combos:
-            for size in range(len(SIZES)):
-                for pos in range(len(POSITIONS)):
-                    for bg in range(len(BACKGROUNDS)):
-                        attrs = (SHAPES.index(shape), COLOURS.index(colour), size, pos, bg)
-                        texts.update(caption(attrs, detail)[0] for detail in range(8))
-        return sorted(texts)
+        pairs = [(SHAPES.index(s), COLOURS.index(c)) for c, s in self.combos]
+        rest = itertools.product(range(len(SIZES)), range(len(POSITIONS)), range(len(BACKGROUNDS)), range(8))
+        return sorted({caption((*pair, size, pos, bg), detail)[0] for pair, (size, pos, bg, detail) in itertools.product(pairs, rest)})
 
     def captions_for(self, attrs: torch.Tensor, g: torch.Generator, detail: int | None = None) -> tuple[list[str], torch.Tensor]:
         """Captions and the attributes they ask for (unasked set to -1)."""

@@ -69,16 +69,16 @@ class ThreadFinishes(RedisQueue):
 
     lose_reply = False
 
-    def finish_from_thread(self, done, token):
+    def finish_from_thread(self, done, token, local=frozenset()):
         self.finished_on.append(threading.get_ident())
-        won = super().finish_from_thread(done, token)
+        won = super().finish_from_thread(done, token, local)
         if self.lose_reply:
             raise RedisConnectionError("Connection closed by server.")
         return won
 
-    async def finish(self, done, dead_letter=None, token=None):
+    async def finish(self, done, dead_letter=None, token=None, local=frozenset()):
         self.finished_on_loop += 1
-        return await super().finish(done, dead_letter=dead_letter, token=token)
+        return await super().finish(done, dead_letter=dead_letter, token=token, local=local)
 
 
 def _job(k: int, store_result: bool, webhook: str | None = None) -> Job:

@@ -57,6 +57,8 @@ async def run_job(request: Request, state: State, job: Job) -> JobResult:
                 result = await state.queue.handed_over(job.id)
                 if result is None and here is not None:
                     result = await state.handover.after_timeout(here, LATE_RESULT_S)
+                    if result is not None:
+                        metrics.HANDOVERS.labels(path="in_process").inc()
     finally:
         if here is not None:
             state.handover.forget(here)

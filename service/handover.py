@@ -61,6 +61,15 @@ def _resolve(future: asyncio.Future, value) -> None:
         future.set_result(value)
 
 
+def _schedule(wait: Wait, value) -> None:
+    """Resolve a wait's `done` on its event loop (from any thread); a loop already closed (the
+    process stops) has no request left to tell."""
+    try:
+        wait.loop.call_soon_threadsafe(_resolve, wait.done, value)
+    except RuntimeError:
+        pass
+
+
 class Handover:
     """The synchronous requests of one process that wait for a result, and its workers' claims."""
 
@@ -113,14 +122,14 @@ class Handover:
         on Redis). A loss is passed on only when no other local finish of the job is under way:
         with two workers of this process finishing one job (one took it over from the other),
         the winner's result comes from the other one."""
-        with self._lock:
+        with self._lock:  # decided and scheduled under the lock: a loss never overtakes a result from another thread
             wait = self._waits.get(job_id)
             if wait is None:
                 return
             wait.finishes.discard(token)
             if result is None and wait.finishes:
                 return
-        wait.loop.call_soon_threadsafe(_resolve, wait.done, result)
+            _schedule(wait, result)
 
     def release(self, job_ids: Iterable[str] | None = None, owner: str | None = None) -> int:
         """A worker lets jobs go before finishing them (the given ones, or all it claimed): their
@@ -133,8 +142,8 @@ class Handover:
                 if wait.state == CLAIMED and (wanted is None or wait.job_id in wanted) and (owner is None or wait.owner == owner):
                     wait.state = REDIS
                     moved.append(wait)
-        for wait in moved:
-            wait.loop.call_soon_threadsafe(_resolve, wait.done, None)
+            for wait in moved:
+                _schedule(wait, None)
         return len(moved)
 
     async def take(self, wait: Wait, timeout_s: float) -> tuple[bool, JobResult | None]:

@@ -224,11 +224,10 @@ def test_a_request_whose_job_was_cancelled_as_it_ran_here_gets_the_cancel(redis_
     assert result.status == "failed" and result.code == 409
 
 
-def test_a_worker_that_stops_lets_the_jobs_it_read_go_to_redis():
+def test_a_worker_lets_go_only_the_jobs_it_claimed_and_is_not_finishing():
     async def main():
         handover = Handover()
         waits = [handover.expect(f"j{k}") for k in range(3)]
-        handover.idle_readers = 1
         handover.claim(["j0", "j1"], "w1")
         handover.claim(["j2"], "w2")
         assert handover.finishing(["j1"], "t") == {"j1"}  # under way: its result still comes here
@@ -404,3 +403,4 @@ def test_a_request_whose_deadline_passes_as_its_local_finish_is_answered_gets_th
     result, status = _run(redis_server, body)
     assert result.status == "succeeded" and result.images == ["here"]
     assert status["status"] == "succeeded"
+

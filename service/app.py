@@ -16,7 +16,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import errors, metrics, pages
-from .handover import Handover
 from .openai_routes import router as openai_router
 from .queue import RedisQueue, connect, connect_sync
 from .registry import Registry
@@ -113,8 +112,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
     registry = Registry(settings.models_dir, settings.default_model, settings.default_text_model)
     client, waiter = connect(redis_url), connect(redis_url, blocking=True)
     sync = connect_sync(redis_url) if workers else None  # for the workers' model thread (no connection until used)
-    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter, sync=sync), workers=workers,
-                  handover=Handover() if workers else None)
+    state = State(settings, registry, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, waiter=waiter, sync=sync), workers=workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -169,7 +167,7 @@ async def _start_workers(state: State, count: int) -> None:
         return
     state.ready = True
     log.info("models loaded and warmed up; ready")
-    workers = [Worker(state.settings, state.queue, runner, handover=state.handover) for _ in range(count)]
+    workers = [Worker(state.settings, state.queue, runner) for _ in range(count)]
     try:
         await asyncio.gather(*(w.run(state.stop) for w in workers))
     finally:

@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse, Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import metrics
 from .contract import Job, JobResult
 from .images import MEDIA_TYPES
 from .queue import SOCKET_TIMEOUT_S, QueueFull
@@ -19,8 +18,6 @@ from .state import State
 
 
 SUBMIT_RETRY_S = 3 * SOCKET_TIMEOUT_S  # a submit that lost its answer is retried this long (within its deadline)
-LATE_RESULT_S = 15.0  # a result handed over in process whose finish was under way as the deadline passed: waited for
-# this long (longer than a finish that Redis holds up takes to be sent again: service/worker.py, _finish_surely)
 
 
 async def enqueue(state: State, job: Job) -> str:
@@ -44,41 +41,19 @@ async def enqueue(state: State, job: Job) -> str:
 
 async def run_job(request: Request, state: State, job: Job) -> JobResult:
     """Queue a job and wait for its result; 429 when full, 504 past the deadline. A result that
-    lands at the deadline is still returned. A worker of this process hands the result over
-    directly (service/handover.py), any other through Redis."""
+    lands at the deadline is still returned."""
     request.state.steps = job.steps
-    here = state.handover.expect(job.id) if state.handover is not None else None
-    try:
-        await enqueue(state, job)
-        result = await _wait(state, job, here)
-        if result is None:
-            outcome = await state.queue.cancel(job.id)
-            if outcome in ("succeeded", "failed"):  # it finished as the wait ended
-                result = await state.queue.handed_over(job.id)
-                if result is None and here is not None:
-                    result = await state.handover.after_timeout(here, LATE_RESULT_S)
-                    if result is not None:
-                        metrics.HANDOVERS.labels(path="in_process").inc()
-    finally:
-        if here is not None:
-            state.handover.forget(here)
+    await enqueue(state, job)
+    result = await state.queue.wait(job.id, job.deadline - time.time())
+    if result is None:
+        outcome = await state.queue.cancel(job.id)
+        if outcome in ("succeeded", "failed"):  # it finished as the wait ended
+            result = await state.queue.handed_over(job.id)
     if result is None:
         raise HTTPException(504, f"no result within {state.settings.request_timeout_s:g}s (queue depth {await state.queue.depth()}); retry later")
     if result.status != "succeeded":
         raise HTTPException(result.code, result.error or "generation failed")
     return result
-
-
-async def _wait(state: State, job: Job, here) -> JobResult | None:
-    """The job's result, from a worker of this process or through Redis; None past the deadline."""
-    if here is not None:
-        handed, result = await state.handover.take(here, job.deadline - time.time())
-        if handed:  # None: the deadline passed with its finish under way here
-            if result is not None:
-                metrics.HANDOVERS.labels(path="in_process").inc()
-            return result
-    metrics.HANDOVERS.labels(path="redis").inc()
-    return await state.queue.wait(job.id, job.deadline - time.time())
 
 
 def wanted_image_type(request: Request) -> str | None:

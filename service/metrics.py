@@ -19,6 +19,4 @@ IMAGES = Counter("fewstep_images_generated_total", "Images generated", ["model"]
 QUEUE_DEPTH = Gauge("fewstep_queue_depth", "Requests queued or running")
 LIVE_WORKERS = Gauge("fewstep_live_workers", "Workers with a recent heartbeat")
 JOBS_EXECUTED = Counter("fewstep_jobs_executed_total", "Requests a worker ran through a model (a request taken over after a crash counts again)")
-HANDOVERS = Counter("fewstep_handovers_total", "Synchronous requests by where they waited for their results: in_process (handed over "
-                    "by a worker of the API's own process) or redis", ["path"])
 DEAD_LETTERS = Counter("fewstep_dead_letters_total", "Requests failed for being delivered too often (copied to the dead-letter stream)")

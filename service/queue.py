@@ -15,8 +15,7 @@ Keys, under a prefix p (default "fewstep"):
                   retried submit of it stays a no-op); nothing deletes it on the request's path.
   p:result:{id}   an asynchronous job's result (a contract.JobResult), kept job_ttl_s.
   p:done:{id}     a synchronous request's result, handed over to the request waiting on it
-                  (BLPOP); kept HANDOVER_TTL_S at most. Not written for a request that takes its
-                  result from a worker of its own process (service/handover.py).
+                  (BLPOP); kept HANDOVER_TTL_S at most.
   p:events:{id}   stream: an asynchronous job's progress events (started, each step with its
                   preview), for GET /v1/jobs/{id}/events; capped, kept job_ttl_s.
   p:workers       sorted set: worker name -> time of its last heartbeat.
@@ -82,10 +81,8 @@ if st == 'queued' or st == 'running' then
     redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
     redis.call('EXPIRE', KEYS[1], ARGV[3])
   else
-    if ARGV[14] ~= '1' then  -- '1': its request takes the result in the worker's own process (service/handover.py)
-      redis.call('LPUSH', KEYS[3], ARGV[1])
-      redis.call('EXPIRE', KEYS[3], ARGV[8])
-    end
+    redis.call('LPUSH', KEYS[3], ARGV[1])
+    redis.call('EXPIRE', KEYS[3], ARGV[8])
     redis.call('EXPIRE', KEYS[1], ARGV[8])
   end
 elseif st and redis.call('HGET', KEYS[1], 'finish') == ARGV[13] then
@@ -342,8 +339,7 @@ class RedisQueue:
                 await self._start(keys=[self.job_key(job_id)], args=[consumer, now], client=pipe)
             return [bool(ok) for ok in await pipe.execute()]
 
-    async def finish(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None = None, token: str | None = None,
-                     local: set[str] = frozenset()) -> list[bool]:
+    async def finish(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None = None, token: str | None = None) -> list[bool]:
         """Record results and acknowledge the entries: an asynchronous job's result is stored, a
         synchronous one handed to its waiting request. The first finish wins; returns, per entry,
         whether this one did (an entry without a readable job id is only acknowledged). With
@@ -351,11 +347,8 @@ class RedisQueue:
         script, to the dead-letter stream for an operator to read (XRANGE p:dead - +).
 
         `token` names this finish: one sent again with the same token (its reply was lost)
-        reports the win of its first run instead of a loss. Give the same one to every try.
-
-        `local`: ids of synchronous jobs whose request takes the result in this process
-        (service/handover.py): their result is not pushed to Redis."""
-        calls = self._finish_calls(done, dead_letter, token or uuid.uuid4().hex, local)
+        reports the win of its first run instead of a loss. Give the same one to every try."""
+        calls = self._finish_calls(done, dead_letter, token or uuid.uuid4().hex)
         if len(calls) == 1:  # no pipeline: it would first ask whether its scripts exist (a round trip)
             return [bool(await self._finish(**calls[0]))]
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -369,14 +362,14 @@ class RedisQueue:
         model thread that the process's workers share)."""
         return self.sync is not None and time.monotonic() >= self._sync_paused_until
 
-    def finish_from_thread(self, done: list[tuple[Entry, JobResult]], token: str, local: set[str] = frozenset()) -> list[bool]:
+    def finish_from_thread(self, done: list[tuple[Entry, JobResult]], token: str) -> list[bool]:
         """`finish`, blocking, on the synchronous client: for a worker's model thread. Raises
         what redis-py raises (Redis away or slow; then `can_finish_from_thread` says no for a
         while): send it again with the same token then."""
         sync = self.sync
         if sync is None:
             raise RedisConnectionError("no synchronous client (closed)")
-        calls = self._finish_calls(done, None, token, local)
+        calls = self._finish_calls(done, None, token)
 
         def send() -> list[bool]:
             with sync.pipeline(transaction=False) as pipe:  # plain EVALSHA: a script pipeline first asks SCRIPT EXISTS (a round trip)
@@ -400,18 +393,16 @@ class RedisQueue:
         if sync is not None:
             sync.close()
 
-    def _finish_calls(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None, token: str, local: set[str]) -> list[dict]:
+    def _finish_calls(self, done: list[tuple[Entry, JobResult]], dead_letter: str | None, token: str) -> list[dict]:
         """The finish script's keys and arguments, per entry."""
         now, calls = time.time(), []
         for entry, result in done:
             job_id = entry.job_id or "-"
             store = entry.job is not None and entry.job.store_result
-            here = not store and job_id in local  # handed over in process: nothing to push
             calls.append({
                 "keys": [self.job_key(job_id), self.result_key(job_id), self.done_key(job_id), self.stream, self.dead],
-                "args": ["" if here else result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store),
-                         HANDOVER_TTL_S, dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN,
-                         f"{token}:{entry.stream_id}", int(here)],
+                "args": [result.model_dump_json(), result.status, self.job_ttl_s, now, entry.stream_id, GROUP, int(store), HANDOVER_TTL_S,
+                         dead_letter or "", entry.raw or "", entry.deliveries, DEAD_LETTER_MAXLEN, f"{token}:{entry.stream_id}"],
             })
         return calls
 

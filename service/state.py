@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from .handover import Handover
 from .queue import RedisQueue
 from .registry import Registry
 from .settings import Settings
@@ -17,7 +16,6 @@ class State:
     registry: Registry
     queue: RedisQueue
     workers: int = 0  # in-process workers
-    handover: Handover | None = None  # with in-process workers: their results handed to this process's requests directly
     ready: bool = False
     startup_error: str | None = None
     tasks: list = field(default_factory=list)

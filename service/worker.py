@@ -21,7 +21,6 @@ from redis.exceptions import RedisError, ResponseError
 from . import metrics, webhooks
 from .batching import batch_key, cut_rows, plan_batches
 from .contract import JobResult
-from .handover import Handover
 from .queue import THREAD_PAUSE_S, Entry, RedisQueue, connect, connect_sync
 from .runner import Runner
 from .settings import Settings
@@ -40,10 +39,8 @@ def worker_name() -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, queue: RedisQueue, runner: Runner, name: str | None = None, handover: Handover | None = None):
-        """`handover`: that of the API process the worker runs in, whose synchronous requests may
-        take their results from it (service/handover.py)."""
-        self.settings, self.queue, self.runner, self.handover = settings, queue, runner, handover
+    def __init__(self, settings: Settings, queue: RedisQueue, runner: Runner, name: str | None = None):
+        self.settings, self.queue, self.runner = settings, queue, runner
         self.name = name or worker_name()
         self._last_claim = 0.0
         self._last_batch = 0  # entries in the last batch gathered (the batch-fill wait is for load)
@@ -78,12 +75,10 @@ class Worker:
                 except Exception:  # noqa: BLE001 - a bug must not end the worker either
                     log.exception("worker %s: unexpected failure; retrying in %.1fs", self.name, backoff)
                     self._pending = []  # not Redis trouble: what it held is left to a takeover (and the delivery limit)
-                    self._release()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
             beat.cancel()
-            self._release()  # what it read and did not finish is answered by whoever takes it over
             try:
                 await self.queue.leave(self.name)
             except REDIS_TROUBLE:
@@ -94,9 +89,7 @@ class Worker:
         may have taken some over meanwhile): run them now rather than leave them to a takeover,
         which would count a delivery against them."""
         held = await self.queue.touch(self.name, [e.stream_id for e in self._pending])
-        entries, lost = [e for e in self._pending if e.stream_id in held], [e for e in self._pending if e.stream_id not in held]
-        self._pending = []
-        self._release([e.job_id for e in lost])  # taken over meanwhile: their requests wait for the takeover's results on Redis
+        entries, self._pending = [e for e in self._pending if e.stream_id in held], []
         if entries:
             log.info("worker %s: resuming %d requests after a Redis error", self.name, len(entries))
         return entries
@@ -122,7 +115,7 @@ class Worker:
                 log.info("worker %s took over an unacknowledged request (delivery %d)", self.name, taken[0].deliveries)
                 self._pending = list(taken)
                 return taken
-        entries = await self._read(s.max_batch_size, block_ms=500)
+        entries = await self.queue.read(self.name, s.max_batch_size, block_ms=500)
         if not entries:
             return []
         return await self._fill(entries)
@@ -137,7 +130,7 @@ class Worker:
         lone = self._last_batch <= 1 and len(entries) == 1
         until = time.monotonic() + (0.0 if lone else s.max_wait_ms / 1000)
         while len(entries) < s.max_batch_size and not lone:
-            more = await self._read(s.max_batch_size - len(entries), block_ms=None)
+            more = await self.queue.read(self.name, s.max_batch_size - len(entries), block_ms=None)
             if more:
                 entries += more
                 self._pending = list(entries)
@@ -148,27 +141,6 @@ class Worker:
             await asyncio.sleep(remaining)
         self._last_batch = len(entries)
         return entries
-
-    async def _read(self, count: int, block_ms: int | None) -> list[Entry]:
-        """New entries; the synchronous requests of this process among them are claimed, so that
-        they wait for their results here (service/handover.py)."""
-        if self.handover is None:
-            return await self.queue.read(self.name, count, block_ms)
-        if block_ms:
-            self.handover.idle_readers += 1
-        try:
-            entries = await self.queue.read(self.name, count, block_ms)
-        finally:
-            if block_ms:
-                self.handover.idle_readers -= 1
-        self.handover.claim([e.job.id for e in entries if e.job is not None and not e.job.store_result], self.name)
-        return entries
-
-    def _release(self, job_ids: list[str] | None = None) -> None:
-        """Requests of this process whose jobs this worker claimed (all, or these) and will not
-        finish now wait on Redis, where a worker that takes them over answers."""
-        if self.handover is not None and self.handover.release(job_ids, owner=self.name):
-            log.info("worker %s: requests it held wait for their results on Redis", self.name)
 
     async def process(self, entries: list[Entry]) -> None:
         """Run what was gathered: entries that are not jobs, or that were delivered too often, are
@@ -295,32 +267,12 @@ class Worker:
         """On the model thread: finish the batch at once (the waiting requests wake without
         waiting for the event loop). None when Redis could not be reached: the event loop then
         sends the same finish (its token) again, and waits for Redis as long as it takes."""
-        done = list(zip(run, results))
-        local = self._handed_here(done, token)
         try:
-            won = self.queue.finish_from_thread(done, token, local)
+            return self.queue.finish_from_thread(list(zip(run, results)), token)
         except REDIS_TROUBLE as exc:
             log.warning("worker %s: finish from the model thread failed (%s); the event loop sends it again, and finishes "
                         "the next %.0f s of batches itself", self.name, exc, THREAD_PAUSE_S)
             return None
-        self._deliver(done, token, won, local)
-        return won
-
-    def _handed_here(self, done: list[tuple[Entry, JobResult]], token: str) -> set[str]:
-        """The jobs among `done` whose requests take their results in this process, from the
-        finish named `token` (from any thread)."""
-        if self.handover is None:
-            return set()
-        return self.handover.finishing([e.job.id for e, _ in done if e.job is not None and not e.job.store_result], token)
-
-    def _deliver(self, done: list[tuple[Entry, JobResult]], token: str, won: list[bool] | None, local: set[str]) -> None:
-        """Hand the results of a sent finish over to the requests of this process that wait for
-        them here: a result whose finish lost is not theirs (they then read the winner's on
-        Redis). `won` None: whether the finish ran is unknown (the worker stops with Redis away);
-        the requests take the results computed for them."""
-        for (entry, result), first in zip(done, won or [True] * len(done)):
-            if entry.job_id in local:
-                self.handover.deliver(entry.job_id, token, result if first else None)
 
     def _spawn(self, coro) -> None:
         """A background task (a webhook delivery) kept referenced until it ends."""
@@ -334,22 +286,17 @@ class Worker:
         entries leave the pending list; returns, per entry, whether this finish won. `token`:
         that of an earlier try of this finish (from the model thread), if any."""
         backoff, token = 0.1, token or uuid.uuid4().hex  # one finish, however often sent: a try that Redis ran still wins
-        local, won = self._handed_here(done, token), None
-        try:
-            while True:
-                try:
-                    won = await self.queue.finish(done, dead_letter=dead_letter, token=token, local=local)
-                    self._forget([e for e, _ in done])
-                    return won
-                except REDIS_TROUBLE as exc:
-                    if self._stop.is_set() and backoff > 0.1:  # shutting down, and tried again: the entries stay pending and are taken over
-                        raise
-                    log.warning("worker %s: could not record %d results (%s); retrying in %.1fs", self.name, len(done), exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
-        finally:  # also when it gives up or is cancelled: a request of this process never waits for a finish that ended
-            if local:
-                self._deliver(done, token, won, local)
+        while True:
+            try:
+                won = await self.queue.finish(done, dead_letter=dead_letter, token=token)
+                self._forget([e for e, _ in done])
+                return won
+            except REDIS_TROUBLE as exc:
+                if self._stop.is_set() and backoff > 0.1:  # shutting down, and tried again: the entries stay pending and are taken over
+                    raise
+                log.warning("worker %s: could not record %d results (%s); retrying in %.1fs", self.name, len(done), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     def _forget(self, entries: list[Entry]) -> None:
         """Finished entries leave the pending list (what a Redis error would resume)."""
@@ -383,7 +330,6 @@ class Worker:
                 log.error("worker %s: a batch has run for over %.0fs (FEWSTEP_BATCH_TIMEOUT_S); leaving its %d requests, and the %d "
                           "behind it, to other workers", self.name, s.batch_timeout_s, len(self._batch_ids), len(held - self._batch_ids))
                 hung |= held
-                self._release()
             try:
                 await self.queue.touch(self.name, sorted(held - hung))
             except REDIS_TROUBLE as exc:

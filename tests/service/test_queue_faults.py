@@ -343,8 +343,8 @@ def test_a_finish_whose_reply_was_lost_still_counts_as_won(redis_server, monkeyp
         await asyncio.sleep(0.15)
         real_finish, lost = RedisQueue.finish, []
 
-        async def reply_lost(self, done, dead_letter=None, token=None, local=frozenset()):
-            won = await real_finish(self, done, dead_letter=dead_letter, token=token, local=local)
+        async def reply_lost(self, done, dead_letter=None, token=None):
+            won = await real_finish(self, done, dead_letter=dead_letter, token=token)
             if not lost:
                 lost.append(won)
                 raise RedisConnectionError("Connection closed by server.")
@@ -582,7 +582,7 @@ def test_a_result_that_lands_at_the_deadline_is_returned(redis_server):
                 return None
 
         late = LateQueue(client, queue.prefix, queue.job_ttl_s)
-        state = SimpleNamespace(queue=late, settings=Settings(), handover=None)  # an API without workers of its own
+        state = SimpleNamespace(queue=late, settings=Settings())
         result = await run_job(SimpleNamespace(state=SimpleNamespace()), state, j)
         assert result.status == "succeeded"
 

@@ -69,16 +69,16 @@ class ThreadFinishes(RedisQueue):
 
     lose_reply = False
 
-    def finish_from_thread(self, done, token, local=frozenset()):
+    def finish_from_thread(self, done, token):
         self.finished_on.append(threading.get_ident())
-        won = super().finish_from_thread(done, token, local)
+        won = super().finish_from_thread(done, token)
         if self.lose_reply:
             raise RedisConnectionError("Connection closed by server.")
         return won
 
-    async def finish(self, done, dead_letter=None, token=None, local=frozenset()):
+    async def finish(self, done, dead_letter=None, token=None):
         self.finished_on_loop += 1
-        return await super().finish(done, dead_letter=dead_letter, token=token, local=local)
+        return await super().finish(done, dead_letter=dead_letter, token=token)
 
 
 def _job(k: int, store_result: bool, webhook: str | None = None) -> Job:

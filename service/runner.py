@@ -24,6 +24,7 @@ from . import metrics
 from .contract import Job, JobItem, JobResult
 from .png import write_png
 from .png_info import png_text, settings_of
+from .precompile import PYTHON_WRAPPER_EXIT, Helpers, compiled_before, helper_command, record_compiled
 
 log = logging.getLogger("fewstep.runner")
 
@@ -68,34 +69,63 @@ class Runner:
         """Whether every family runs its networks under CUDA graphs (False once one fell back to eager)."""
         return bool(self.pipelines) and all(pipe.cuda_graphs for pipe in self.pipelines.values())
 
-    def warm_up(self) -> None:
+    def warm_up(self, processes: int = 1) -> None:
         """Load every student and run it once (with CUDA graphs: three times, the graphs are
         recorded on the second call), so the first request pays no loading, compilation or
         recording cost. A family whose C++ wrapper fails to build is compiled with the Python one; a
         platform where compilation fails runs eagerly; each with a warning. Call it
-        on the thread that will run the batches: CUDA graphs are kept per thread."""
-        for name, pipe in self.pipelines.items():
-            start = time.perf_counter()
-            while True:
-                try:
-                    self._warm(pipe)
-                    break
-                except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways (no C++ compiler, an unsupported op)
-                    if not pipe.compile:
-                        raise
-                    fallback = "is compiled again with inductor's Python wrapper" if pipe.cpp_wrapper else "runs eagerly"
-                    log.warning("compiling %s failed (%s: %s); it %s", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", fallback)
-                    if pipe.cpp_wrapper:
-                        pipe.python_wrapper()
-                    else:
-                        pipe.eager()
-            log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
+        on the thread that will run the batches: CUDA graphs are kept per thread.
+
+        With `processes` above 1, compiling on a CPU, up to that many families compile at once:
+        this process takes the largest first, helper processes the smallest (service/precompile.py),
+        and their compiled graphs are then loaded from torch's compile cache."""
+        order = list(self.pipelines)
+        # a family's compile as asked (before any fall back), recorded once done: a restart then starts no helper for it
+        commands = {name: self._helper_command(name) for name in order if self.pipelines[name].compile and self.device == "cpu"}
+        helpers = None
+        if processes > 1 and len(order) > 1 and self.compiles and self.device == "cpu" and _disk_cache():
+            order.sort(key=lambda name: -_parameters(self.pipelines[name]))  # a proxy for its compile time
+            helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1)
+        try:
+            for name in order:
+                if helpers is not None and helpers.claim(name) == PYTHON_WRAPPER_EXIT and self.pipelines[name].cpp_wrapper:
+                    self.pipelines[name].python_wrapper()  # its C++ wrapper failed to build in the helper: not tried again
+                    log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build", name)
+                self._warm_family(name, commands.get(name))
+        finally:
+            if helpers is not None:
+                helpers.close()
         if any(pipe.cuda_graphs for pipe in self.pipelines.values()):
             from torch._dynamo.utils import counters
 
             skipped = counters["inductor"]["cudagraph_skips"]
             if skipped:  # torch runs such graphs without CUDA graphs, and says so only in its perf hints
                 log.warning("CUDA graphs were skipped for %d compiled graphs (TORCH_LOGS=perf_hints says why); those run without them", skipped)
+
+    def _helper_command(self, name: str) -> list[str]:
+        pipe = self.pipelines[name]
+        return helper_command(pipe.family.directory, dtype=str(self.dtype).removeprefix("torch."), fixed_batch=pipe.fixed_batch,
+                              threads=torch.get_num_threads(), cpp_wrapper=pipe.cpp_wrapper)
+
+    def _warm_family(self, name: str, record: list[str] | None) -> None:
+        pipe = self.pipelines[name]
+        start = time.perf_counter()
+        while True:
+            try:
+                self._warm(pipe)
+                break
+            except Exception as exc:  # noqa: BLE001 - torch.compile fails in many ways (no C++ compiler, an unsupported op)
+                if not pipe.compile:
+                    raise
+                fallback = "is compiled again with inductor's Python wrapper" if pipe.cpp_wrapper else "runs eagerly"
+                log.warning("compiling %s failed (%s: %s); it %s", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", fallback)
+                if pipe.cpp_wrapper:
+                    pipe.python_wrapper()
+                else:
+                    pipe.eager()
+        log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
+        if record is not None and pipe.compile:
+            record_compiled(record)
 
     @staticmethod
     def _warm(pipe: Pipeline) -> None:
@@ -151,6 +181,19 @@ class Runner:
 
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _disk_cache() -> bool:
+    """Whether inductor keeps compiled graphs on disk, where helpers' work can be found."""
+    from torch._inductor import config
+
+    return bool(config.fx_graph_cache) and not config.force_disable_caches
+
+
+def _parameters(pipe: Pipeline) -> int:
+    """How many parameters a family's first student has."""
+    family = pipe.family
+    return sum(p.numel() for p in family.student(family.info.distilled_steps[0]).parameters())
 
 
 def _kind(pipe: Pipeline) -> str:

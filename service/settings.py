@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     compile: bool = True  # torch.compile the networks for the fixed batch shape during warm-up (FEWSTEP_COMPILE=0: eager)
     cpp_wrapper: bool = True  # on a CPU, compile with inductor's C++ wrapper: faster networks, a longer first compile
+    compile_processes: int | None = Field(default=None, ge=1)  # on a CPU, families compiled at once during warm-up, in helper processes (default: the cores; 1: one after the other)
     cuda_graphs: bool = False  # on a CUDA device, compile with CUDA graphs (torch.compile mode "reduce-overhead"); ignored elsewhere
 
     # batching
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     test_batch_delay_s: float = Field(default=0.0, ge=0)  # every batch takes this much longer (a slow worker)
     test_crash_prompt: str | None = None  # a worker that draws this prompt exits at once (a request that kills its worker)
 
-    @field_validator("api_key", "webhook_secret", "redis_url", "models_dir", "fixed_batch", "torch_threads", mode="before")
+    @field_validator("api_key", "webhook_secret", "redis_url", "models_dir", "fixed_batch", "torch_threads", "compile_processes", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         """An empty variable (as compose passes `${VAR:-}`) means unset, never an empty key."""

@@ -220,7 +220,7 @@ def test_fewstep_cpp_wrapper_chooses_the_compiled_wrapper(monkeypatch, value, ex
     monkeypatch.delenv("FEWSTEP_CPP_WRAPPER", raising=False)
     if value is not None:
         monkeypatch.setenv("FEWSTEP_CPP_WRAPPER", value)
-    monkeypatch.setattr(Runner, "warm_up", lambda self: None)  # no compiling: only which wrapper was asked for
+    monkeypatch.setattr(Runner, "warm_up", lambda self, processes=1: None)  # no compiling: only which wrapper was asked for
     runner = worker_module.build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"})
     assert runner.compiles and runner.pipelines["shapes"].cpp_wrapper is expected
 

@@ -1,0 +1,130 @@
+"""Compiling families side by side: helper processes compile some families' networks into
+torch's compile cache on disk while the service compiles another; the service then loads them
+from that cache instead of compiling them one after the other.
+
+On a CPU a family's first compile is mostly one process's work (inductor generates the C++ code
+in Python, then one compiler process builds it), so with two families on two cores a first
+start took the sum of the two compiles, one core idle. A helper is `python -m service.compile_helper`:
+it builds the same networks for the same batch shape, dtype and thread count (the generated
+kernels depend on all three), runs the family's warm-up once and exits. A helper that fails
+costs nothing but its time: the service then compiles that family itself, as without helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("fewstep.precompile")
+
+
+def helper_command(path: Path, *, dtype: str, fixed_batch: int, threads: int, cpp_wrapper: bool) -> list[str]:
+    """The command line of a helper that compiles the family at `path`."""
+    cmd = [sys.executable, "-m", "service.compile_helper", str(path), "--dtype", dtype, "--fixed-batch", str(fixed_batch), "--threads", str(threads)]
+    return cmd + ([] if cpp_wrapper else ["--python-wrapper"])
+
+
+def _record(command: list[str]) -> Path:
+    """Where a successful compile of `command`'s family is recorded: in torch's compile cache
+    folder, so that emptying the cache forgets it too."""
+    import hashlib
+    import json
+
+    import torch
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    family = Path(command[command.index("service.compile_helper") + 1])
+    key = json.dumps([command[command.index("service.compile_helper") + 1:], torch.__version__, (family / "family.json").read_text()])
+    return Path(cache_dir()) / "fewstep-compiled" / hashlib.sha256(key.encode()).hexdigest()
+
+
+def compiled_before(command: list[str]) -> bool:
+    """Whether this cache holds the family's compiled networks already (a restart): then loading
+    them takes seconds, less than starting a helper would."""
+    try:
+        return _record(command).is_file()
+    except OSError:
+        return False
+
+
+def record_compiled(command: list[str]) -> None:
+    try:
+        path = _record(command)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:  # a read-only cache: restarts start helpers again, nothing worse
+        log.debug("could not record the compile (%s)", exc)
+
+
+PYTHON_WRAPPER_EXIT = 3  # a helper's exit status: compiled, but with the Python wrapper (the C++ one failed to build)
+HELPER_TIMEOUT_S = 1800.0  # a helper still compiling after this long is taken as hung: stopped, its family left to the service
+
+
+class Helpers:
+    """Helper processes for the families at the end of the warm-up order, `slots` at a time.
+    The service warms up the families in that order and calls `claim(name)` before each: a family
+    no helper has started is the service's to compile; one a helper compiles is waited for."""
+
+    def __init__(self, commands: dict[str, list[str]], slots: int, timeout_s: float = HELPER_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self.pending = list(commands)  # helpers take from the end, the service from the start
+        self.commands = commands
+        self.slots = slots
+        self.running: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (helper, started)
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.running) < self.slots and len(self.pending) > 1:  # the first pending family is the service's next
+            name = self.pending.pop()
+            try:
+                proc = subprocess.Popen(self.commands[name], stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                log.warning("could not start a helper to compile %s (%s); the service compiles it", name, exc)
+                continue
+            self.running[name] = (proc, time.perf_counter())
+            log.info("compiling %s in a helper process (pid %d)", name, proc.pid)
+
+    def claim(self, name: str) -> int | None:
+        """Before the service warms up `name`: wait for its helper, if one compiles it, and return
+        the helper's exit status (None when no helper compiled it)."""
+        code = None
+        if name in self.pending:
+            self.pending.remove(name)
+        elif name in self.running:
+            proc, started = self.running.pop(name)
+            waited = time.perf_counter()
+            try:
+                code = proc.wait(max(0.0, started + self.timeout_s - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                _stop(proc)
+                log.warning("the helper compiling %s was still running after %.0f s; stopped, the service compiles it", name, self.timeout_s)
+            else:
+                waited = time.perf_counter() - waited
+                if code == 0:
+                    log.info("a helper compiled %s (waited %.1f s for it)", name, waited)
+                elif code == PYTHON_WRAPPER_EXIT:
+                    log.info("a helper compiled %s, with inductor's Python wrapper: the C++ one failed to build (waited %.1f s for it)", name, waited)
+                else:
+                    log.warning("the helper compiling %s failed (exit status %d); the service compiles it", name, code)
+        self._fill()
+        return code
+
+    def close(self) -> None:
+        """Stop the helpers still running (the warm-up failed or was interrupted)."""
+        for proc, _ in self.running.values():
+            _stop(proc)
+        self.running.clear()
+        self.pending.clear()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

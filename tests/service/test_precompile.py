@@ -1,0 +1,217 @@
+"""Families compiled side by side on a first start: helper processes compile the smaller families
+into torch's compile cache while the service compiles the largest, the service then loads what
+they built from that cache, and a restart, whose cache holds it all, starts no helper."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from model.builtin import BUILTIN_DIR
+from service import precompile as precompile_module
+from service.precompile import Helpers, compiled_before, helper_command, record_compiled
+from service.runner import Runner
+from service.settings import Settings
+from service.testing import ROOT
+from service.worker import build_runner
+
+
+def writes(path: Path, delay: float = 0.0, code: int = 0) -> list[str]:
+    """A stand-in helper: after `delay` seconds it writes `path` and exits with `code`."""
+    return [sys.executable, "-c", f"import time, pathlib, sys; time.sleep({delay}); pathlib.Path({str(path)!r}).write_text('x'); sys.exit({code})"]
+
+
+def test_helpers_take_the_families_at_the_end_and_the_service_waits_for_them(tmp_path):
+    commands = {name: writes(tmp_path / name, delay=0.3) for name in "abc"}
+    helpers = Helpers(commands, slots=1)
+    assert list(helpers.running) == ["c"]  # the service's first family ("a") is never a helper's
+    helpers.claim("a")  # the service compiles "a" itself; "b" is its next, so no helper takes it
+    assert list(helpers.running) == ["c"] and helpers.pending == ["b"]
+    helpers.claim("b")
+    helpers.claim("c")  # waits until the helper is done
+    assert (tmp_path / "c").exists() and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not helpers.running
+
+
+def test_more_slots_start_more_helpers_at_once(tmp_path):
+    helpers = Helpers({name: writes(tmp_path / name) for name in "abcd"}, slots=2)
+    assert sorted(helpers.running) == ["c", "d"]
+    for name in "abcd":
+        helpers.claim(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]
+
+
+def test_a_failed_helper_leaves_its_family_to_the_service(tmp_path, caplog):
+    helpers = Helpers({"a": writes(tmp_path / "a"), "b": writes(tmp_path / "b", code=1)}, slots=1)
+    with caplog.at_level(logging.INFO, logger="fewstep.precompile"):
+        helpers.claim("a")
+        helpers.claim("b")  # returns: the service then compiles "b" itself
+    assert "the helper compiling b failed (exit status 1); the service compiles it" in caplog.text
+
+
+def test_a_hung_helper_is_stopped_and_its_family_left_to_the_service(tmp_path, caplog):
+    helpers = Helpers({"a": writes(tmp_path / "a"), "b": writes(tmp_path / "b", delay=60)}, slots=1, timeout_s=1.0)
+    proc, _ = helpers.running["b"]
+    helpers.claim("a")
+    with caplog.at_level(logging.INFO, logger="fewstep.precompile"):
+        assert helpers.claim("b") is None
+    assert proc.poll() is not None and not (tmp_path / "b").exists()
+    assert "the helper compiling b was still running after 1 s; stopped, the service compiles it" in caplog.text
+
+
+def test_a_helper_exits_when_the_service_that_started_it_is_gone(tmp_path):
+    pid_file = tmp_path / "pid"
+    parent = textwrap.dedent(f"""
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "from service.compile_helper import _exit_with_parent; import os, pathlib, time; "
+                                  "_exit_with_parent(); pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)"])
+        import time, pathlib
+        while not pathlib.Path({str(pid_file)!r}).exists():
+            time.sleep(0.05)
+        # the parent exits here, its child still sleeping
+    """)
+    subprocess.run([sys.executable, "-c", parent], cwd=ROOT, check=True, timeout=60)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), "the helper outlived its parent"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_close_stops_the_helpers_still_running(tmp_path):
+    helpers = Helpers({"a": writes(tmp_path / "a"), "b": writes(tmp_path / "b", delay=60)}, slots=1)
+    proc, _ = helpers.running["b"]
+    start = time.monotonic()
+    helpers.close()
+    assert proc.poll() is not None and time.monotonic() - start < 10 and not (tmp_path / "b").exists()
+
+
+def test_a_compile_is_recorded_per_family_batch_shape_dtype_threads_and_wrapper(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    shapes = helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=2, cpp_wrapper=True)
+    assert not compiled_before(shapes)
+    record_compiled(shapes)
+    assert compiled_before(shapes)
+    for other in (helper_command(BUILTIN_DIR / "emoji", dtype="float32", fixed_batch=4, threads=2, cpp_wrapper=True),
+                  helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=8, threads=2, cpp_wrapper=True),
+                  helper_command(BUILTIN_DIR / "shapes", dtype="bfloat16", fixed_batch=4, threads=2, cpp_wrapper=True),
+                  helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=1, cpp_wrapper=True),
+                  helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=2, cpp_wrapper=False)):
+        assert not compiled_before(other)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "another cache"))  # an emptied cache forgets it
+    assert not compiled_before(shapes)
+
+
+def test_the_warm_up_compiles_the_largest_family_itself_and_helpers_the_others_once(tmp_path, monkeypatch):
+    """With the two built-in families: `emoji` (4.6M parameters) is the service's, `shapes`
+    (1.2M) a helper's, waited for before the service loads it; on a restart no helper starts."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    started, warmed = [], []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kwargs):  # a stand-in helper: it writes tmp_path / <family> after 0.5 s
+        name = Path(cmd[cmd.index("service.compile_helper") + 1]).name
+        started.append(name)
+        return real_popen(writes(tmp_path / name, delay=0.5), **kwargs)
+
+    monkeypatch.setattr(precompile_module.subprocess, "Popen", popen)
+    monkeypatch.setattr(Runner, "_warm", staticmethod(lambda pipe: warmed.append((pipe.family.directory.name, (tmp_path / "shapes").exists()))))
+    paths = {"shapes": BUILTIN_DIR / "shapes", "emoji": BUILTIN_DIR / "emoji"}
+    runner = Runner(paths, device="cpu", fixed_batch=4, compile=True)
+    runner.warm_up(processes=2)
+    assert started == ["shapes"]
+    assert warmed == [("emoji", False), ("shapes", True)]  # shapes loaded once its helper was done
+    started.clear(), warmed.clear()
+    Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=2)  # a restart on that cache
+    assert started == [] and [name for name, _ in warmed] == ["emoji", "shapes"]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty cache"))
+    started.clear(), warmed.clear()
+    Runner(paths, device="cpu", fixed_batch=4, compile=False).warm_up(processes=2)  # eager: nothing to compile
+    Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=1)
+    assert started == [] and len(warmed) == 4
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "another empty cache"))
+    with torch._inductor.config.patch(fx_graph_cache=False):  # nothing kept on disk: a helper's work would be lost
+        Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=2)
+    assert started == []
+
+
+def test_a_family_whose_cpp_wrapper_failed_in_its_helper_is_not_compiled_with_it_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(precompile_module.subprocess, "Popen", lambda cmd, **kw: real_popen([sys.executable, "-c", "import sys; sys.exit(3)"], **kw))
+    tried = []
+    monkeypatch.setattr(Runner, "_warm", staticmethod(lambda pipe: tried.append((pipe.family.directory.name, pipe.cpp_wrapper))))
+    paths = {"shapes": BUILTIN_DIR / "shapes", "emoji": BUILTIN_DIR / "emoji"}
+    runner = Runner(paths, device="cpu", fixed_batch=4, compile=True)
+    with caplog.at_level(logging.INFO):
+        runner.warm_up(processes=2)
+    assert tried == [("emoji", True), ("shapes", False)]
+    assert "shapes is compiled with inductor's Python wrapper: its C++ wrapper failed to build" in caplog.text
+    asked = helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=torch.get_num_threads(), cpp_wrapper=True)
+    assert compiled_before(asked)  # recorded as asked: a restart starts no helper for it again
+
+
+@pytest.mark.parametrize("value,expected", [(None, len(os.sched_getaffinity(0))), ("1", 1), ("3", 3)])
+def test_fewstep_compile_processes_sets_how_many_families_compile_at_once(monkeypatch, value, expected):
+    monkeypatch.delenv("FEWSTEP_COMPILE_PROCESSES", raising=False)
+    if value is not None:
+        monkeypatch.setenv("FEWSTEP_COMPILE_PROCESSES", value)
+    seen = []
+    monkeypatch.setattr(Runner, "warm_up", lambda self, processes=1: seen.append(processes))
+    build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"})
+    assert seen == [expected]
+
+
+def test_fewstep_compile_processes_below_one_is_refused(monkeypatch):
+    monkeypatch.setenv("FEWSTEP_COMPILE_PROCESSES", "0")
+    with pytest.raises(ValidationError, match="compile_processes"):
+        Settings()
+
+
+def test_the_helper_refuses_bad_arguments():
+    run = lambda *args: subprocess.run([sys.executable, "-m", "service.compile_helper", *args], cwd=ROOT, capture_output=True, text=True)
+    missing = run(str(ROOT / "no-such-family"), "--fixed-batch", "4", "--threads", "1")
+    assert missing.returncode == 2 and "is not a family's folder (no family.json)" in missing.stderr
+    zero = run(str(BUILTIN_DIR / "shapes"), "--fixed-batch", "0", "--threads", "1")
+    assert zero.returncode == 2 and "--fixed-batch and --threads must be at least 1" in zero.stderr
+
+
+@pytest.mark.slow
+def test_the_service_loads_what_its_helper_compiled_from_the_cache(tmp_path):
+    """A real first start of the two built-in families with two processes: the service compiles
+    `emoji`, a helper `shapes`, and the service's own `shapes` graph then comes from the cache
+    (inductor's FX graph cache: one miss, emoji's; one hit, shapes'). Run in a fresh
+    interpreter with an empty cache, as a first start on a machine."""
+    script = textwrap.dedent("""
+        import json, logging, sys
+        import torch
+        from torch._dynamo.utils import counters
+        from model.builtin import BUILTIN_DIR
+        from service.runner import Runner
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        runner = Runner({"emoji": BUILTIN_DIR / "emoji", "shapes": BUILTIN_DIR / "shapes"}, device="cpu", fixed_batch=4, compile=True)
+        runner.warm_up(processes=2)
+        print(json.dumps({"compiles": runner.compiles, "hit": counters["inductor"]["fxgraph_cache_hit"], "miss": counters["inductor"]["fxgraph_cache_miss"]}))
+    """)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "a helper compiled shapes (waited" in out.stderr, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {"compiles": True, "hit": 1, "miss": 1}

@@ -1,0 +1,33 @@
+"""`python -m benchmarks.first_start`: the two settings alternate, bad arguments are refused
+before it measures, and its verdict and ratio agree with the figures it prints."""
+
+import subprocess
+import sys
+
+from benchmarks.first_start import SETTINGS, order, report
+from service.testing import ROOT
+
+SIDE, ONE = SETTINGS
+
+
+def test_the_settings_alternate_so_a_drift_weighs_on_both():
+    assert order(3) == [SIDE, ONE, ONE, SIDE, SIDE, ONE]
+    assert order(1) == [SIDE, ONE]
+
+
+def run(first: float, restart: float = 10.0) -> dict:
+    return {"first": first, "restart": restart, "first_families": {"emoji": first - 6, "shapes": 2.0}, "restart_families": {}}
+
+
+def test_the_report_prints_each_run_the_means_and_a_verdict_that_agrees_with_them():
+    text = report([(SIDE, run(44.0)), (ONE, run(58.0)), (ONE, run(56.0)), (SIDE, run(46.0))])
+    assert "| 1 | side by side (the default) | 44.0 | 38.0 | 2.0 | 10.0 |" in text
+    assert "Mean first start: 45.0 s side by side (the default), 57.0 s one after the other (FEWSTEP_COMPILE_PROCESSES=1) (0.79x the time)" in text
+    assert "Target: a first start to /readyz <= 30 s: MISSED (45.0 s on average, side by side)." in text
+    fast = report([(SIDE, run(29.0)), (ONE, run(40.0))])
+    assert "Target: a first start to /readyz <= 30 s: met (29.0 s on average, side by side)." in fast
+
+
+def test_bad_arguments_exit_2_with_a_message():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.first_start", "--runs", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--runs must be at least 1" in proc.stderr and "Traceback" not in proc.stderr

@@ -58,4 +58,7 @@ def _exit_with_parent() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C in the terminal reaches the service and its helpers alike
+        sys.exit(130)

@@ -8,14 +8,15 @@ Each run starts `python -m service` (compiled, on the CPU, where helpers apply; 
 default (the cores) and once at 1, in the order default, 1, 1, default, default, 1, ... so that a
 drift of the machine's speed weighs on both alike; then it restarts each on what it cached.
 Printed per run: start to /readyz, each family's warm-up from the service's log, and the
-restart; then the means and their ratio. The precompiled headers and the vector-instruction
-probes that torch keeps outside that folder are warm after the first run: a start on a new
-machine pays them once more (about 5 s and 4-7 s on 2 cores; docs/benchmarks/service.md).
+restart; then the means and their ratio. Every run pays the vector-instruction probes, which
+torch keeps in that folder; the precompiled headers, kept outside it, are warm after the first
+run: a start on a new machine pays them once more (about 5 s on 2 cores; docs/benchmarks/service.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -26,8 +27,15 @@ from pathlib import Path
 from benchmarks.hardware import describe
 from service.testing import RedisServer, Service
 
-SETTINGS = {"side by side (the default)": {}, "one after the other (FEWSTEP_COMPILE_PROCESSES=1)": {"compile_processes": "1"}}
-WARMED = re.compile(r"warmed up (\S+) in ([0-9.]+) s")
+SETTINGS = {"side by side (the default)": {"compile_processes": ""}, "one after the other (FEWSTEP_COMPILE_PROCESSES=1)": {"compile_processes": "1"}}
+WARMED = re.compile(r"^(?!.*\(helper\)).*warmed up (\S+) in ([0-9.]+) s", re.MULTILINE)  # the worker's lines, not its helpers'
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def order(runs: int) -> list[str]:
@@ -72,6 +80,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if cores() < 2:
+        parser.error("families compile side by side on two cores or more; this process may use one")
     redis_server = RedisServer()
     logs = Path(tempfile.mkdtemp(prefix="fewstep-first-start-"))
     results = []

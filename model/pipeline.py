@@ -15,7 +15,7 @@ launch). Their graphs are kept per thread, so one thread must warm up and run th
 starts a new graph step and copies the output out of the graph's memory, which the next replay
 overwrites. On a CPU the compiled graph's wrapper, the code that calls its kernels one after
 the other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster
-on 2 cores at 4 rows (docs/benchmarks/service.md), for a first compile that took from 13% less
+on 2 cores at 4 rows (docs/benchmarks/service.md), for a first compile that took from 23% less
 to 44% more time.
 """
 

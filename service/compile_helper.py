@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .precompile import PYTHON_WRAPPER_EXIT
+from .precompile import PARENT_VARIABLE, PYTHON_WRAPPER_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-batch", type=int, required=True, help="rows per network call, as the service's FEWSTEP_FIXED_BATCH")
     parser.add_argument("--threads", type=int, required=True, help="torch threads, as the service's model thread uses")
     parser.add_argument("--python-wrapper", action="store_true", help="compile with inductor's Python wrapper, not the C++ one")
+    _exit_with_parent()  # first: a service killed while this helper imports torch is noticed too
     args = parser.parse_args(argv)
     if args.fixed_batch < 1 or args.threads < 1:
         parser.error("--fixed-batch and --threads must be at least 1")
@@ -34,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from .runner import Runner
 
-    _exit_with_parent()
     torch.set_num_threads(args.threads)
     runner = Runner({args.family.name: args.family}, device="cpu", dtype=args.dtype, fixed_batch=args.fixed_batch, compile=True,
                     cpp_wrapper=not args.python_wrapper)
@@ -45,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_with_parent() -> None:
-    """Exit when the process that started this helper is gone (killed during its warm-up):
-    no compile goes on for nobody."""
-    parent = os.getppid()
+    """Exit when the service that started this helper is gone (killed during its warm-up, even
+    before this helper got going): no compile goes on for nobody."""
+    given = os.environ.get(PARENT_VARIABLE, "")
+    parent = int(given) if given.isdigit() else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

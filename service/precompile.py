@@ -13,6 +13,7 @@ costs nothing but its time: the service then compiles that family itself, as wit
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def record_compiled(command: list[str]) -> None:
         log.debug("could not record the compile (%s)", exc)
 
 
+PARENT_VARIABLE = "FEWSTEP_COMPILE_HELPER_OF"  # the service's pid: a helper exits once that process is gone
 PYTHON_WRAPPER_EXIT = 3  # a helper's exit status: compiled, but with the Python wrapper (the C++ one failed to build)
 HELPER_TIMEOUT_S = 1800.0  # a helper still compiling after this long is taken as hung: stopped, its family left to the service
 
@@ -80,7 +82,7 @@ class Helpers:
         while len(self.running) < self.slots and len(self.pending) > 1:  # the first pending family is the service's next
             name = self.pending.pop()
             try:
-                proc = subprocess.Popen(self.commands[name], stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(self.commands[name], stdin=subprocess.DEVNULL, env={**os.environ, PARENT_VARIABLE: str(os.getpid())})
             except OSError as exc:
                 log.warning("could not start a helper to compile %s (%s); the service compiles it", name, exc)
                 continue

@@ -95,7 +95,12 @@ class Service:
         environ = {**service_env(redis_url, threads, **settings), **(env or {})}
         started = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        _wait(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, "python -m service", 180, self.proc, self.log)
+        try:
+            _wait(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, "python -m service", 180, self.proc, self.log)
+        except BaseException:  # not ready in time (or interrupted): no service left running
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self.start_s = time.monotonic() - started  # process start to /readyz 200
 
     def stop(self) -> None:

@@ -1,10 +1,11 @@
 """`python -m benchmarks.first_start`: the two settings alternate, bad arguments are refused
-before it measures, and its verdict and ratio agree with the figures it prints."""
+with a message, its verdict and ratio agree with the figures it prints, and it reads the
+worker's warm-up times, not its helpers'."""
 
 import subprocess
 import sys
 
-from benchmarks.first_start import SETTINGS, order, report
+from benchmarks.first_start import SETTINGS, WARMED, order, report
 from service.testing import ROOT
 
 SIDE, ONE = SETTINGS
@@ -31,3 +32,17 @@ def test_the_report_prints_each_run_the_means_and_a_verdict_that_agrees_with_the
 def test_bad_arguments_exit_2_with_a_message():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.first_start", "--runs", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--runs must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_family_missing_from_a_runs_log_is_printed_as_nan_not_a_crash():
+    partial = run(44.0)
+    del partial["first_families"]["shapes"]
+    text = report([(SIDE, partial), (ONE, run(58.0))])
+    assert "| 1 | side by side (the default) | 44.0 | 38.0 | nan | 10.0 |" in text
+
+
+def test_the_warm_up_times_are_the_workers_not_its_helpers():
+    log = ("2026-12-05 16:59:02,208 INFO fewstep.runner (helper): warmed up shapes in 18.3 s (compiled, C++ wrapper)\n"
+           "2026-12-05 16:59:40,100 INFO fewstep.runner: warmed up emoji in 38.3 s (compiled, C++ wrapper)\n"
+           "2026-12-05 16:59:42,900 INFO fewstep.runner: warmed up shapes in 2.6 s (compiled, C++ wrapper)\n")
+    assert WARMED.findall(log) == [("emoji", "38.3"), ("shapes", "2.6")]

@@ -70,29 +70,29 @@ def test_a_hung_helper_is_stopped_and_its_family_left_to_the_service(tmp_path, c
 
 
 def test_a_helper_exits_when_the_service_that_started_it_is_gone(tmp_path):
-    pid_file = tmp_path / "pid"
+    """A real helper, on an empty cache (a compile of half a minute), whose parent exits at once:
+    it stops before it has compiled anything, so it records nothing."""
+    cache = tmp_path / "cache"
     parent = textwrap.dedent(f"""
-        import subprocess, sys
-        child = subprocess.Popen([sys.executable, "-c", "from service.compile_helper import _exit_with_parent; import os, pathlib, time; "
-                                  "_exit_with_parent(); pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)"])
-        import time, pathlib
-        while not pathlib.Path({str(pid_file)!r}).exists():
-            time.sleep(0.05)
-        # the parent exits here, its child still sleeping
+        from service.precompile import Helpers, helper_command
+        command = helper_command({str(BUILTIN_DIR / "shapes")!r}, dtype="float32", fixed_batch=4, threads=1, cpp_wrapper=True)
+        helpers = Helpers({{"the service's own": ["true"], "shapes": command}}, slots=1)
+        print(helpers.running["shapes"][0].pid)  # and exit at once, as a killed service would
     """)
-    subprocess.run([sys.executable, "-c", parent], cwd=ROOT, check=True, timeout=60)
-    pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
-        time.sleep(0.1)
-    assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), "the helper outlived its parent"
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    pid = int(subprocess.run([sys.executable, "-c", parent], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True, text=True).stdout)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    assert not _alive(pid), "the helper outlived its parent"
+    assert not (cache / "fewstep-compiled").exists(), "the helper compiled for a service that was gone"
 
 
-def _state(pid: int) -> str:
+def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
-        return "gone"
+        return False
 
 
 def test_close_stops_the_helpers_still_running(tmp_path):
@@ -150,6 +150,19 @@ def test_the_warm_up_compiles_the_largest_family_itself_and_helpers_the_others_o
     with torch._inductor.config.patch(fx_graph_cache=False):  # nothing kept on disk: a helper's work would be lost
         Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=2)
     assert started == []
+
+
+def test_a_family_whose_helper_failed_is_compiled_by_the_service_as_asked(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(precompile_module.subprocess, "Popen", lambda cmd, **kw: real_popen([sys.executable, "-c", "import sys; sys.exit(1)"], **kw))
+    tried = []
+    monkeypatch.setattr(Runner, "_warm", staticmethod(lambda pipe: tried.append((pipe.family.directory.name, pipe.compile, pipe.cpp_wrapper))))
+    runner = Runner({"shapes": BUILTIN_DIR / "shapes", "emoji": BUILTIN_DIR / "emoji"}, device="cpu", fixed_batch=4, compile=True)
+    with caplog.at_level(logging.INFO):
+        runner.warm_up(processes=2)
+    assert tried == [("emoji", True, True), ("shapes", True, True)]
+    assert "the helper compiling shapes failed (exit status 1); the service compiles it" in caplog.text
 
 
 def test_a_family_whose_cpp_wrapper_failed_in_its_helper_is_not_compiled_with_it_again(tmp_path, monkeypatch, caplog):

@@ -16,7 +16,6 @@ run: a start on a new machine pays them once more (about 5 s on 2 cores; docs/be
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import sys
@@ -25,17 +24,11 @@ import time
 from pathlib import Path
 
 from benchmarks.hardware import describe
+from service.precompile import available_cores
 from service.testing import RedisServer, Service
 
 SETTINGS = {"side by side (the default)": {"compile_processes": ""}, "one after the other (FEWSTEP_COMPILE_PROCESSES=1)": {"compile_processes": "1"}}
 WARMED = re.compile(r"^(?!.*\(helper\)).*warmed up (\S+) in ([0-9.]+) s", re.MULTILINE)  # the worker's lines, not its helpers'
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def order(runs: int) -> list[str]:
@@ -80,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    if cores() < 2:
+    if available_cores() < 2:
         parser.error("families compile side by side on two cores or more; this process may use one")
     redis_server = RedisServer()
     logs = Path(tempfile.mkdtemp(prefix="fewstep-first-start-"))

@@ -22,6 +22,15 @@ from pathlib import Path
 log = logging.getLogger("fewstep.precompile")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the platform tells it): how many
+    families compile at once by default."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def helper_command(path: Path, *, dtype: str, fixed_batch: int, threads: int, cpp_wrapper: bool) -> list[str]:
     """The command line of a helper that compiles the family at `path`."""
     cmd = [sys.executable, "-m", "service.compile_helper", str(path), "--dtype", dtype, "--fixed-batch", str(fixed_batch), "--threads", str(threads)]
@@ -37,8 +46,8 @@ def _record(command: list[str]) -> Path:
     import torch
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    family = Path(command[command.index("service.compile_helper") + 1])
-    key = json.dumps([command[command.index("service.compile_helper") + 1:], torch.__version__, (family / "family.json").read_text()])
+    args = command[command.index("service.compile_helper") + 1:]  # the family's folder, then its options
+    key = json.dumps([args, torch.__version__, (Path(args[0]) / "family.json").read_text()])
     return Path(cache_dir()) / "fewstep-compiled" / hashlib.sha256(key.encode()).hexdigest()
 
 

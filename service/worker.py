@@ -22,6 +22,7 @@ from . import metrics, webhooks
 from .batching import batch_key, cut_rows, plan_batches
 from .contract import JobResult
 from .queue import THREAD_PAUSE_S, Entry, RedisQueue, connect, connect_sync
+from .precompile import available_cores
 from .runner import Runner
 from .settings import Settings
 
@@ -399,18 +400,10 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
         torch.set_num_threads(threads)
     elif spare_one and not runner.compiles:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
-    runner.warm_up(processes=settings.compile_processes or _cores())
+    runner.warm_up(processes=settings.compile_processes or available_cores())
     if spare_one and not runner.compiles:  # compilation failed during warm-up: eager after all
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     return runner
-
-
-def _cores() -> int:
-    """The cores this process may run on (its affinity, where the platform tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 async def load_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -> Runner:

@@ -7,10 +7,10 @@ Each run starts `python -m service` (compiled, on the CPU, where helpers apply; 
 `TORCHINDUCTOR_CACHE_DIR`, as on a new machine, once with FEWSTEP_COMPILE_PROCESSES at its
 default (the cores) and once at 1, in the order default, 1, 1, default, default, 1, ... so that a
 drift of the machine's speed weighs on both alike; then it restarts each on what it cached.
-Printed per run: start to /readyz, each family's warm-up from the service's log, and the
-restart; then the means and their ratio. Every run pays the vector-instruction probes, which
-torch keeps in that folder; the precompiled headers, kept outside it, are warm after the first
-run: a start on a new machine pays them once more (about 5 s on 2 cores; docs/benchmarks/service.md).
+The service's `TMPDIR` is that folder too: torch keeps what it compiles
+for every cache (its precompiled headers) under the temporary folder, so each run pays all of a
+new machine's compiling. Printed per run: start to /readyz, each family's warm-up from the
+service's log, and the restart; then the means and their ratio.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def order(runs: int) -> list[str]:
 def start(redis_url: str, logs: Path, cache: str, overrides: dict) -> dict:
     """One start on `cache` and one restart on it: seconds to /readyz and each family's warm-up."""
     out = {}
-    env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+    env = {"TORCHINDUCTOR_CACHE_DIR": cache, "TMPDIR": cache}  # torch keeps its precompiled headers under the temporary folder
     for key in ("first", "restart"):
         svc = Service(redis_url, log_dir=logs, threads=None, env=env, queue_prefix="first-start", device="cpu", compile="1", **overrides)
         svc.stop()

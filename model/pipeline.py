@@ -15,8 +15,9 @@ launch). Their graphs are kept per thread, so one thread must warm up and run th
 starts a new graph step and copies the output out of the graph's memory, which the next replay
 overwrites. On a CPU the compiled graph's wrapper, the code that calls its kernels one after
 the other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster
-on 2 cores at 4 rows (docs/benchmarks/service.md), for a first compile that took from 23% less
-to 44% more time.
+on 2 cores at 4 rows (docs/benchmarks/service.md). It is built as two sources, the wrapper at -O1
+and the kernels at -O3 (CPP_WRAPPER_OPTIONS): a first compile's C++ build of `emoji` took 11 s
+instead of 30 s, for networks about 2% slower than with one source at -O3.
 """
 
 from __future__ import annotations
@@ -50,13 +51,21 @@ def graph_safe(network: Callable) -> Callable:
     return call
 
 
+# Inductor's C++ wrapper on a CPU, built for a short first compile: the wrapper (glue code calling
+# the kernels) and the kernels as two sources, the wrapper at -O1 and the kernels at -O3, rather
+# than one source at -O3; and without precompiled headers, which cost more to build than they save
+# a graph's two sources.
+# On 2 cores the first start of the built-in families took 0.77x the time (docs/benchmarks/service.md).
+CPP_WRAPPER_OPTIONS = {"cpp_wrapper": True, "cpp_wrapper_build_separate": True, "cpp_cache_precompile_headers": False}
+
+
 def compile_kwargs(device: str | torch.device, mode: str, cpp_wrapper: bool) -> dict:
     """torch.compile's arguments for a network on `device`: the mode, or on a CPU (without a
     mode) the C++ wrapper when asked for."""
     if mode != "default":
         return {"dynamic": False, "mode": mode}
     if cpp_wrapper and torch.device(device).type == "cpu":
-        return {"dynamic": False, "options": {"cpp_wrapper": True}}
+        return {"dynamic": False, "options": dict(CPP_WRAPPER_OPTIONS)}
     return {"dynamic": False}
 
 

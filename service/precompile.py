@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,17 +78,26 @@ HELPER_TIMEOUT_S = 1800.0  # a helper still compiling after this long is taken a
 class Helpers:
     """Helper processes for the families at the end of the warm-up order, `slots` at a time.
     The service warms up the families in that order and calls `claim(name)` before each: a family
-    no helper has started is the service's to compile; one a helper compiles is waited for."""
+    no helper has started is the service's to compile; one a helper compiles is waited for. A
+    slot a helper frees is refilled at once (a watcher thread), not only at the service's next
+    claim: with more families than slots, the next helper starts while the service still compiles."""
 
-    def __init__(self, commands: dict[str, list[str]], slots: int, timeout_s: float = HELPER_TIMEOUT_S):
+    def __init__(self, commands: dict[str, list[str]], slots: int, timeout_s: float = HELPER_TIMEOUT_S, poll_s: float = 0.2):
         self.timeout_s = timeout_s
         self.pending = list(commands)  # helpers take from the end, the service from the start
         self.commands = commands
         self.slots = slots
         self.running: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (helper, started)
-        self._fill()
+        self.finished: dict[str, tuple[int, float]] = {}  # name -> (exit status, seconds it ran): exited before its claim
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        with self._lock:
+            self._fill()
+        self._watcher = threading.Thread(target=self._watch, args=(poll_s,), daemon=True, name="fewstep-compile-helpers")
+        self._watcher.start()
 
     def _fill(self) -> None:
+        """Start helpers while a slot is free (call it holding the lock)."""
         while len(self.running) < self.slots and len(self.pending) > 1:  # the first pending family is the service's next
             name = self.pending.pop()
             try:
@@ -98,14 +108,32 @@ class Helpers:
             self.running[name] = (proc, time.perf_counter())
             log.info("compiling %s in a helper process (pid %d)", name, proc.pid)
 
+    def _watch(self, poll_s: float) -> None:
+        """Move helpers that exited to `finished` and refill their slots, until no family is left
+        for a helper to take."""
+        while not self._closed.wait(poll_s):
+            with self._lock:
+                for name, (proc, started) in list(self.running.items()):
+                    if proc.poll() is not None:
+                        del self.running[name]
+                        self.finished[name] = (proc.returncode, time.perf_counter() - started)
+                self._fill()
+                if len(self.pending) <= 1:  # nothing a helper could still take: claims do the rest
+                    return
+
     def claim(self, name: str) -> int | None:
         """Before the service warms up `name`: wait for its helper, if one compiles it, and return
         the helper's exit status (None when no helper compiled it)."""
-        code = None
-        if name in self.pending:
-            self.pending.remove(name)
-        elif name in self.running:
-            proc, started = self.running.pop(name)
+        code = proc = None
+        with self._lock:
+            if name in self.pending:
+                self.pending.remove(name)
+            elif name in self.finished:
+                code, _ = self.finished.pop(name)
+                _report(name, code, 0.0)
+            elif name in self.running:
+                proc, started = self.running.pop(name)
+        if proc is not None:
             waited = time.perf_counter()
             try:
                 code = proc.wait(max(0.0, started + self.timeout_s - time.perf_counter()))
@@ -113,22 +141,29 @@ class Helpers:
                 _stop(proc)
                 log.warning("the helper compiling %s was still running after %.0f s; stopped, the service compiles it", name, self.timeout_s)
             else:
-                waited = time.perf_counter() - waited
-                if code == 0:
-                    log.info("a helper compiled %s (waited %.1f s for it)", name, waited)
-                elif code == PYTHON_WRAPPER_EXIT:
-                    log.info("a helper compiled %s, with inductor's Python wrapper: the C++ one failed to build (waited %.1f s for it)", name, waited)
-                else:
-                    log.warning("the helper compiling %s failed (exit status %d); the service compiles it", name, code)
-        self._fill()
+                _report(name, code, time.perf_counter() - waited)
+        with self._lock:
+            self._fill()
         return code
 
     def close(self) -> None:
         """Stop the helpers still running (the warm-up failed or was interrupted)."""
-        for proc, _ in self.running.values():
-            _stop(proc)
-        self.running.clear()
-        self.pending.clear()
+        self._closed.set()
+        self._watcher.join()
+        with self._lock:
+            for proc, _ in self.running.values():
+                _stop(proc)
+            self.running.clear()
+            self.pending.clear()
+
+
+def _report(name: str, code: int, waited: float) -> None:
+    if code == 0:
+        log.info("a helper compiled %s (waited %.1f s for it)", name, waited)
+    elif code == PYTHON_WRAPPER_EXIT:
+        log.info("a helper compiled %s, with inductor's Python wrapper: the C++ one failed to build (waited %.1f s for it)", name, waited)
+    else:
+        log.warning("the helper compiling %s failed (exit status %d); the service compiles it", name, code)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -51,6 +51,26 @@ def test_more_slots_start_more_helpers_at_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]
 
 
+def test_a_slot_a_helper_frees_is_refilled_while_the_service_still_compiles(tmp_path, caplog):
+    """Four families on one helper slot: "d"'s helper exits at once, and "c"'s starts then, while
+    the service is still busy with "a" (no claim in between); "b", the service's next, is left to it."""
+    helpers = Helpers({name: writes(tmp_path / name) for name in "abcd"}, slots=1, poll_s=0.05)
+    try:
+        with caplog.at_level(logging.INFO, logger="fewstep.precompile"):
+            helpers.claim("a")  # the service compiles "a": it makes no other claim until it is done
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "c").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (tmp_path / "c").exists(), "the freed slot was not refilled before the service's next claim"
+            assert helpers.pending == ["b"] and not (tmp_path / "b").exists()
+            assert helpers.claim("b") is None  # the service's own
+            assert helpers.claim("c") == 0 and helpers.claim("d") == 0  # both exited already: their status, no wait
+        assert "a helper compiled d" in caplog.text and "a helper compiled c" in caplog.text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]
+    finally:
+        helpers.close()
+
+
 def test_a_failed_helper_leaves_its_family_to_the_service(tmp_path, caplog):
     helpers = Helpers({"a": writes(tmp_path / "a"), "b": writes(tmp_path / "b", code=1)}, slots=1)
     with caplog.at_level(logging.INFO, logger="fewstep.precompile"):

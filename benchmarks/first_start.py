@@ -7,9 +7,9 @@ Each run starts `python -m service` (compiled, on the CPU, where helpers apply; 
 `TORCHINDUCTOR_CACHE_DIR`, as on a new machine, once with FEWSTEP_COMPILE_PROCESSES at its
 default (the cores) and once at 1, in the order default, 1, 1, default, default, 1, ... so that a
 drift of the machine's speed weighs on both alike; then it restarts each on what it cached.
-The service's `TMPDIR` is that folder too: torch keeps what it compiles
-for every cache (its precompiled headers) under the temporary folder, so each run pays all of a
-new machine's compiling. Printed per run: start to /readyz, each family's warm-up from the
+The service's `TMPDIR` is that folder too: torch keeps some of what it
+compiles (precompiled headers) under the temporary folder rather than the cache folder, so each
+run pays all that a new machine compiles. Printed per run: start to /readyz, each family's warm-up from the
 service's log, and the restart; then the means and their ratio.
 """
 

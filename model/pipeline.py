@@ -17,7 +17,8 @@ overwrites. On a CPU the compiled graph's wrapper, the code that calls its kerne
 the other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster
 on 2 cores at 4 rows (docs/benchmarks/service.md). It is built as two sources, the wrapper at -O1
 and the kernels at -O3 (CPP_WRAPPER_OPTIONS): a first compile's C++ build of `emoji` took 11 s
-instead of 30 s, for networks about 2% slower than with one source at -O3.
+instead of 26-27 s (and 4 s of precompiled headers), for networks about 2% slower than with one
+source at -O3.
 """
 
 from __future__ import annotations

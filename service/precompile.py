@@ -88,9 +88,11 @@ class Helpers:
         self.commands = commands
         self.slots = slots
         self.running: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (helper, started)
-        self.finished: dict[str, tuple[int, float]] = {}  # name -> (exit status, seconds it ran): exited before its claim
+        self.finished: dict[str, int] = {}  # name -> exit status: helpers that exited before their family's claim
+        self._env = {**os.environ, PARENT_VARIABLE: str(os.getpid())}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._claimed = False  # the watcher refills only once the service has taken its first family
         with self._lock:
             self._fill()
         self._watcher = threading.Thread(target=self._watch, args=(poll_s,), daemon=True, name="fewstep-compile-helpers")
@@ -101,7 +103,7 @@ class Helpers:
         while len(self.running) < self.slots and len(self.pending) > 1:  # the first pending family is the service's next
             name = self.pending.pop()
             try:
-                proc = subprocess.Popen(self.commands[name], stdin=subprocess.DEVNULL, env={**os.environ, PARENT_VARIABLE: str(os.getpid())})
+                proc = subprocess.Popen(self.commands[name], stdin=subprocess.DEVNULL, env=self._env)
             except OSError as exc:
                 log.warning("could not start a helper to compile %s (%s); the service compiles it", name, exc)
                 continue
@@ -110,27 +112,33 @@ class Helpers:
 
     def _watch(self, poll_s: float) -> None:
         """Move helpers that exited to `finished` and refill their slots, until no family is left
-        for a helper to take."""
-        while not self._closed.wait(poll_s):
-            with self._lock:
-                for name, (proc, started) in list(self.running.items()):
-                    if proc.poll() is not None:
-                        del self.running[name]
-                        self.finished[name] = (proc.returncode, time.perf_counter() - started)
-                self._fill()
-                if len(self.pending) <= 1:  # nothing a helper could still take: claims do the rest
-                    return
+        for a helper to take. A failure here leaves the refills to the claims, as without it."""
+        try:
+            while not self._closed.wait(poll_s):
+                with self._lock:
+                    if not self._claimed:
+                        continue
+                    for name, (proc, _) in list(self.running.items()):
+                        if proc.poll() is not None:
+                            del self.running[name]
+                            self.finished[name] = proc.returncode
+                    self._fill()
+                    if len(self.pending) <= 1:  # nothing a helper could still take: claims do the rest
+                        return
+        except Exception:  # noqa: BLE001 - never let it end the service's warm-up
+            log.exception("the compile helpers' watcher stopped; freed slots are refilled at the service's next family")
 
     def claim(self, name: str) -> int | None:
         """Before the service warms up `name`: wait for its helper, if one compiles it, and return
         the helper's exit status (None when no helper compiled it)."""
         code = proc = None
         with self._lock:
+            self._claimed = True
             if name in self.pending:
                 self.pending.remove(name)
             elif name in self.finished:
-                code, _ = self.finished.pop(name)
-                _report(name, code, 0.0)
+                code = self.finished.pop(name)
+                _report(name, code, None)
             elif name in self.running:
                 proc, started = self.running.pop(name)
         if proc is not None:
@@ -157,11 +165,13 @@ class Helpers:
             self.pending.clear()
 
 
-def _report(name: str, code: int, waited: float) -> None:
+def _report(name: str, code: int, waited: float | None) -> None:
+    """Log a helper's outcome; `waited`: how long the service waited for it (None: it had exited)."""
+    wait = "it had finished" if waited is None else f"waited {waited:.1f} s for it"
     if code == 0:
-        log.info("a helper compiled %s (waited %.1f s for it)", name, waited)
+        log.info("a helper compiled %s (%s)", name, wait)
     elif code == PYTHON_WRAPPER_EXIT:
-        log.info("a helper compiled %s, with inductor's Python wrapper: the C++ one failed to build (waited %.1f s for it)", name, waited)
+        log.info("a helper compiled %s, with inductor's Python wrapper: the C++ one failed to build (%s)", name, wait)
     else:
         log.warning("the helper compiling %s failed (exit status %d); the service compiles it", name, code)
 

@@ -58,14 +58,15 @@ def test_a_slot_a_helper_frees_is_refilled_while_the_service_still_compiles(tmp_
     try:
         with caplog.at_level(logging.INFO, logger="fewstep.precompile"):
             helpers.claim("a")  # the service compiles "a": it makes no other claim until it is done
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 20
             while not (tmp_path / "c").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert (tmp_path / "c").exists(), "the freed slot was not refilled before the service's next claim"
             assert helpers.pending == ["b"] and not (tmp_path / "b").exists()
             assert helpers.claim("b") is None  # the service's own
-            assert helpers.claim("c") == 0 and helpers.claim("d") == 0  # both exited already: their status, no wait
-        assert "a helper compiled d" in caplog.text and "a helper compiled c" in caplog.text
+            assert helpers.claim("c") == 0  # waited for, if still running
+            assert helpers.claim("d") == 0  # exited long ago: its status, no wait
+        assert "a helper compiled d (it had finished)" in caplog.text and "a helper compiled c" in caplog.text
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]
     finally:
         helpers.close()

@@ -70,6 +70,24 @@ def record_compiled(command: list[str]) -> None:
         log.debug("could not record the compile (%s)", exc)
 
 
+def probe_vector_isa_in_background() -> None:
+    """Start inductor's probes of the CPU's vector instructions on a thread (a handful of small
+    `g++` builds, each loaded in a subprocess, about 6 s on 2 cores with an empty cache), so they
+    run while this process traces its first network in Python rather than after it; inductor then
+    finds their results cached (its own probe takes the same file locks). Nothing happens when
+    torch's inductor cannot be imported; a failure leaves the probing to inductor, as before."""
+
+    def probe() -> None:
+        try:
+            from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+            pick_vec_isa()
+        except Exception as exc:  # noqa: BLE001 - inductor probes again when it compiles
+            log.debug("probing the CPU's vector instructions in the background failed (%s)", exc)
+
+    threading.Thread(target=probe, daemon=True, name="fewstep-vector-isa-probe").start()
+
+
 PARENT_VARIABLE = "FEWSTEP_COMPILE_HELPER_OF"  # the service's pid: a helper exits once that process is gone
 PYTHON_WRAPPER_EXIT = 3  # a helper's exit status: compiled, but with the Python wrapper (the C++ one failed to build)
 HELPER_TIMEOUT_S = 1800.0  # a helper still compiling after this long is taken as hung: stopped, its family left to the service

@@ -24,7 +24,7 @@ from . import metrics
 from .contract import Job, JobItem, JobResult
 from .png import write_png
 from .png_info import png_text, settings_of
-from .precompile import PYTHON_WRAPPER_EXIT, Helpers, compiled_before, helper_command, record_compiled
+from .precompile import PYTHON_WRAPPER_EXIT, Helpers, compiled_before, helper_command, probe_vector_isa_in_background, record_compiled
 
 log = logging.getLogger("fewstep.runner")
 
@@ -83,6 +83,8 @@ class Runner:
         # a family's compile as asked (before any fall back), recorded once done: a restart then starts no helper for it
         commands = {name: self._helper_command(name) for name in order if self.pipelines[name].compile and self.device == "cpu"}
         helpers = None
+        if self.compiles and self.device == "cpu":
+            probe_vector_isa_in_background()  # beside the first network's tracing, not after it
         if processes > 1 and len(order) > 1 and self.compiles and self.device == "cpu" and _disk_cache():
             order.sort(key=lambda name: -_parameters(self.pipelines[name]))  # a proxy for its compile time
             helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1)

@@ -26,6 +26,15 @@ from service.testing import ROOT
 from service.worker import build_runner
 
 
+@pytest.fixture(autouse=True)
+def probes(monkeypatch):
+    """The warm-ups' background probes of the CPU's vector instructions, recorded, not run (each
+    would build a handful of small libraries in these tests' empty caches)."""
+    started = []
+    monkeypatch.setattr("service.runner.probe_vector_isa_in_background", lambda: started.append(True))
+    return started
+
+
 def writes(path: Path, delay: float = 0.0, code: int = 0) -> list[str]:
     """A stand-in helper: after `delay` seconds it writes `path` and exits with `code`."""
     return [sys.executable, "-c", f"import time, pathlib, sys; time.sleep({delay}); pathlib.Path({str(path)!r}).write_text('x'); sys.exit({code})"]
@@ -140,7 +149,7 @@ def test_a_compile_is_recorded_per_family_batch_shape_dtype_threads_and_wrapper(
     assert not compiled_before(shapes)
 
 
-def test_the_warm_up_compiles_the_largest_family_itself_and_helpers_the_others_once(tmp_path, monkeypatch):
+def test_the_warm_up_compiles_the_largest_family_itself_and_helpers_the_others_once(tmp_path, monkeypatch, probes):
     """With the two built-in families: `emoji` (4.6M parameters) is the service's, `shapes`
     (1.2M) a helper's, waited for before the service loads it; on a restart no helper starts."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
@@ -157,14 +166,16 @@ def test_the_warm_up_compiles_the_largest_family_itself_and_helpers_the_others_o
     paths = {"shapes": BUILTIN_DIR / "shapes", "emoji": BUILTIN_DIR / "emoji"}
     runner = Runner(paths, device="cpu", fixed_batch=4, compile=True)
     runner.warm_up(processes=2)
-    assert started == ["shapes"]
+    assert started == ["shapes"] and len(probes) == 1  # the vector-instruction probes begin with a compiled warm-up
     assert warmed == [("emoji", False), ("shapes", True)]  # shapes loaded once its helper was done
     started.clear(), warmed.clear()
     Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=2)  # a restart on that cache
     assert started == [] and [name for name, _ in warmed] == ["emoji", "shapes"]
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "empty cache"))
     started.clear(), warmed.clear()
+    probes.clear()
     Runner(paths, device="cpu", fixed_batch=4, compile=False).warm_up(processes=2)  # eager: nothing to compile
+    assert not probes
     Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=1)
     assert started == [] and len(warmed) == 4
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "another empty cache"))
@@ -249,3 +260,30 @@ def test_the_service_loads_what_its_helper_compiled_from_the_cache(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "a helper compiled shapes (waited" in out.stderr, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1]) == {"compiles": True, "hit": 1, "miss": 1}
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_vector_instruction_probes_run_on_a_thread_and_a_failure_stays_there(monkeypatch, caplog, fails):
+    """Inductor's probes run beside the warm-up's tracing (another thread); one that fails is left
+    to inductor, which probes again when it compiles: no exception reaches the warm-up or the thread's hook."""
+    import threading
+
+    from torch._inductor import cpu_vec_isa
+
+    ran, uncaught = [], []
+
+    def pick_vec_isa():
+        ran.append(threading.current_thread().name)
+        if fails:
+            raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", pick_vec_isa)
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    with caplog.at_level(logging.DEBUG, logger="fewstep.precompile"):
+        precompile_module.probe_vector_isa_in_background()
+        deadline = time.monotonic() + 10
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    assert ran == ["fewstep-vector-isa-probe"] and not uncaught
+    assert ("probing the CPU's vector instructions in the background failed (no compiler)" in caplog.text) == fails

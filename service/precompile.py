@@ -70,22 +70,30 @@ def record_compiled(command: list[str]) -> None:
         log.debug("could not record the compile (%s)", exc)
 
 
-def probe_vector_isa_in_background() -> None:
+def probe_vector_isa_in_background() -> threading.Thread | None:
     """Start inductor's probes of the CPU's vector instructions on a thread (a handful of small
     `g++` builds, each loaded in a subprocess, about 6 s on 2 cores with an empty cache), so they
     run while this process traces its first network in Python rather than after it; inductor then
-    finds their results cached (its own probe takes the same file locks). Nothing happens when
-    torch's inductor cannot be imported; a failure leaves the probing to inductor, as before."""
+    finds their results cached (its own probe takes the same file locks). Returns the thread, or
+    None when inductor cannot be imported; a failure leaves the probing to inductor, as before."""
+    try:
+        # imported here, on the caller's thread: importing inductor on one thread while torch.compile
+        # imports dynamo on another can fail halfway (the two import each other)
+        import torch._inductor.codecache  # noqa: F401 - the probes build through it
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except Exception as exc:  # noqa: BLE001 - no inductor here: nothing to probe for
+        log.debug("not probing the CPU's vector instructions (%s)", exc)
+        return None
 
     def probe() -> None:
         try:
-            from torch._inductor.cpu_vec_isa import pick_vec_isa
-
             pick_vec_isa()
         except Exception as exc:  # noqa: BLE001 - inductor probes again when it compiles
             log.debug("probing the CPU's vector instructions in the background failed (%s)", exc)
 
-    threading.Thread(target=probe, daemon=True, name="fewstep-vector-isa-probe").start()
+    thread = threading.Thread(target=probe, daemon=True, name="fewstep-vector-isa-probe")
+    thread.start()
+    return thread
 
 
 PARENT_VARIABLE = "FEWSTEP_COMPILE_HELPER_OF"  # the service's pid: a helper exits once that process is gone

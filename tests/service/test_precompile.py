@@ -26,13 +26,7 @@ from service.testing import ROOT
 from service.worker import build_runner
 
 
-@pytest.fixture(autouse=True)
-def probes(monkeypatch):
-    """The warm-ups' background probes of the CPU's vector instructions, recorded, not run (each
-    would build a handful of small libraries in these tests' empty caches)."""
-    started = []
-    monkeypatch.setattr("service.runner.probe_vector_isa_in_background", lambda: started.append(True))
-    return started
+pytestmark = pytest.mark.usefixtures("probes")  # tests/service/conftest.py
 
 
 def writes(path: Path, delay: float = 0.0, code: int = 0) -> list[str]:
@@ -280,10 +274,8 @@ def test_the_vector_instruction_probes_run_on_a_thread_and_a_failure_stays_there
     monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", pick_vec_isa)
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
     with caplog.at_level(logging.DEBUG, logger="fewstep.precompile"):
-        precompile_module.probe_vector_isa_in_background()
-        deadline = time.monotonic() + 10
-        while not ran and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)
+        thread = precompile_module.probe_vector_isa_in_background()
+        thread.join(10)
+    assert not thread.is_alive()
     assert ran == ["fewstep-vector-isa-probe"] and not uncaught
     assert ("probing the CPU's vector instructions in the background failed (no compiler)" in caplog.text) == fails

@@ -24,6 +24,8 @@ from service.settings import Settings
 from service.testing import free_port
 from service.worker import Worker, load_runner
 
+pytestmark = pytest.mark.usefixtures("probes")  # warm-ups here compile nothing real: no probes (tests/service/conftest.py)
+
 
 class ThreadRecordingRunner:
     """Records the thread it was built on and the threads its batches ran on."""

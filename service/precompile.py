@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger("fewstep.precompile")
 
@@ -70,24 +71,26 @@ def record_compiled(command: list[str]) -> None:
         log.debug("could not record the compile (%s)", exc)
 
 
-def probe_vector_isa_in_background() -> threading.Thread | None:
+def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> threading.Thread | None:
     """Start inductor's probes of the CPU's vector instructions on a thread (a handful of small
     `g++` builds, each loaded in a subprocess, about 6 s on 2 cores with an empty cache), so they
     run while this process traces its first network in Python rather than after it; inductor then
     finds their results cached (its own probe takes the same file locks). Returns the thread, or
-    None when inductor cannot be imported; a failure leaves the probing to inductor, as before."""
+    None when inductor cannot be imported; a failure leaves the probing to inductor, as before.
+    `pick`: what the thread calls, inductor's `pick_vec_isa` unless given (tests)."""
     try:
         # imported here, on the caller's thread: importing inductor on one thread while torch.compile
         # imports dynamo on another can fail halfway (the two import each other)
         import torch._inductor.codecache  # noqa: F401 - the probes build through it
         from torch._inductor.cpu_vec_isa import pick_vec_isa
+        pick = pick or pick_vec_isa
     except Exception as exc:  # noqa: BLE001 - no inductor here: nothing to probe for
         log.debug("not probing the CPU's vector instructions (%s)", exc)
         return None
 
     def probe() -> None:
         try:
-            pick_vec_isa()
+            pick()
         except Exception as exc:  # noqa: BLE001 - inductor probes again when it compiles
             log.debug("probing the CPU's vector instructions in the background failed (%s)", exc)
 

@@ -262,19 +262,16 @@ def test_the_vector_instruction_probes_run_on_a_thread_and_a_failure_stays_there
     to inductor, which probes again when it compiles: no exception reaches the warm-up or the thread's hook."""
     import threading
 
-    from torch._inductor import cpu_vec_isa
-
     ran, uncaught = [], []
 
-    def pick_vec_isa():
+    def pick_vec_isa():  # given, not patched into torch: a module inductor imports meanwhile would keep a patched one
         ran.append(threading.current_thread().name)
         if fails:
             raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", pick_vec_isa)
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
     with caplog.at_level(logging.DEBUG, logger="fewstep.precompile"):
-        thread = precompile_module.probe_vector_isa_in_background()
+        thread = precompile_module.probe_vector_isa_in_background(pick_vec_isa)
         thread.join(10)
     assert not thread.is_alive()
     assert ran == ["fewstep-vector-isa-probe"] and not uncaught

@@ -20,10 +20,9 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.hardware import describe
+from benchmarks.hardware import publish, run_line
 from service.precompile import available_cores
 from service.testing import RedisServer, Service
 
@@ -86,10 +85,7 @@ def main() -> int:
     finally:
         redis_server.stop()
     text = report(results)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"`python -m benchmarks.first_start` on {time.strftime('%Y-%m-%d')}: {describe('cpu')}.\n\n{text}\n")
+    publish(text, args.out, f"{run_line('benchmarks.first_start', 'cpu')}.\n\n{text}\n")
     return 0
 
 

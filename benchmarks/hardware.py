@@ -1,9 +1,11 @@
-"""What a generated benchmark document states about the machine it measured."""
+"""What a generated benchmark document states about the machine it measured, and how it is written."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from pathlib import Path
 
 
 def cpu_model() -> str:
@@ -25,3 +27,16 @@ def describe(device: str | None = None) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         device = f"{device} ({torch.cuda.get_device_name(0)})"
     return f"{platform.platform()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, device {device}"
+
+
+def run_line(command: str, device: str | None = None) -> str:
+    """'`python -m COMMAND` on DATE: <the machine>': the first line of a written report."""
+    return f"`python -m {command}` on {time.strftime('%Y-%m-%d')}: {describe(device)}"
+
+
+def publish(text: str, out: Path | None, document: str | None = None) -> None:
+    """Print a benchmark's tables; with `out`, also write `document` (default: the tables) there."""
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text if document is None else document)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.hardware import describe
+from benchmarks.hardware import describe, publish
 from model.autoencoder import build_autoencoder
 from model.text_encoder import TextEncoder
 from training.chain import TEXT_LEN
@@ -118,11 +118,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|",
         *rows,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.hardware import describe
+from benchmarks.hardware import publish, run_line
 from service.testing import RedisServer, Service, metric
 
 PROMPTS = ["a red circle", "a green square", "a blue cross", "a yellow triangle", "a red square on a black background"]
@@ -403,10 +403,7 @@ def main() -> int:
     text = report(table, cost, eager, compiled, graphs, device)
     if overrides:
         text = f"Settings: {overrides}\n\n{text}"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(f"# Service benchmark\n\n`python -m benchmarks.service` on {time.strftime('%Y-%m-%d')}: {describe(device)} ({str(dtype).removeprefix('torch.')}), the built-in `shapes` family.\n\n{text}\n")
+    publish(text, args.out, f"# Service benchmark\n\n{run_line('benchmarks.service', device)} ({str(dtype).removeprefix('torch.')}), the built-in `shapes` family.\n\n{text}\n")
     return 0
 
 

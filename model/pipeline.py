@@ -52,11 +52,8 @@ def graph_safe(network: Callable) -> Callable:
     return call
 
 
-# Inductor's C++ wrapper on a CPU, built for a short first compile: the wrapper (glue code calling
-# the kernels) and the kernels as two sources, the wrapper at -O1 and the kernels at -O3, rather
-# than one source at -O3; and without precompiled headers, which cost more to build than they save
-# a graph's two sources.
-# On 2 cores the first start of the built-in families took 0.77x the time (docs/benchmarks/service.md).
+# Inductor's C++ wrapper on a CPU, built for a short first compile (the module's docstring): two
+# sources, and no precompiled headers, which cost more to build than they save a graph's two sources.
 CPP_WRAPPER_OPTIONS = {"cpp_wrapper": True, "cpp_wrapper_build_separate": True, "cpp_cache_precompile_headers": False}
 
 

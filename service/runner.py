@@ -83,9 +83,10 @@ class Runner:
         # a family's compile as asked (before any fall back), recorded once done: a restart then starts no helper for it
         commands = {name: self._helper_command(name) for name in order if self.pipelines[name].compile and self.device == "cpu"}
         helpers = None
-        if self.compiles and self.device == "cpu":
+        compiles_on_cpu = self.compiles and self.device == "cpu"
+        if compiles_on_cpu:
             probe_vector_isa_in_background()  # beside the first network's tracing, not after it
-        if processes > 1 and len(order) > 1 and self.compiles and self.device == "cpu" and _disk_cache():
+        if compiles_on_cpu and processes > 1 and len(order) > 1 and _disk_cache():
             order.sort(key=lambda name: -_parameters(self.pipelines[name]))  # a proxy for its compile time
             helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1)
         try:

@@ -72,9 +72,10 @@ def record_compiled(command: list[str]) -> None:
 
 
 def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> threading.Thread | None:
-    """Start inductor's probes of the CPU's vector instructions on a thread (a handful of small
-    `g++` builds, each loaded in a subprocess, about 6 s on 2 cores with an empty cache), so they
-    run while this process traces its first network in Python rather than after it; inductor then
+    """Prepare inductor's choice of the CPU's vector instructions for a first compile: the base
+    sets torch's CPU detection reports are trusted (`trust_reported_vector_isa`), and the probes
+    left, a few small `g++` builds each loaded in a subprocess, start on a thread, so they run
+    while this process traces its first network in Python rather than after it; inductor then
     finds their results cached (its own probe takes the same file locks). Returns the thread, or
     None when inductor cannot be imported; a failure leaves the probing to inductor, as before.
     `pick`: what the thread calls, inductor's `pick_vec_isa` unless given (tests)."""
@@ -87,9 +88,11 @@ def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> 
     except Exception as exc:  # noqa: BLE001 - no inductor here: nothing to probe for
         log.debug("not probing the CPU's vector instructions (%s)", exc)
         return None
+    trust_reported_vector_isa()
 
     def probe() -> None:
         try:
+            trust_reported_vector_isa()  # on this thread too: inductor's settings are kept per thread
             pick()
         except Exception as exc:  # noqa: BLE001 - inductor probes again when it compiles
             log.debug("probing the CPU's vector instructions in the background failed (%s)", exc)
@@ -97,6 +100,24 @@ def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> 
     thread = threading.Thread(target=probe, daemon=True, name="fewstep-vector-isa-probe")
     thread.start()
     return thread
+
+
+def trust_reported_vector_isa() -> bool:
+    """Let inductor take the base vector instruction sets (AVX2, AVX-512) that torch's CPU
+    detection reports, the ones ATen's own kernels run with, without first building a test program
+    with each set's compiler flags and loading it in a subprocess: with an empty compile cache those
+    probes cost about 4-6 s of `g++` on 2 cores, a tenth of a service's first start there
+    (docs/benchmarks/service.md). The extensions inductor checks beside them (AVX-512 VNNI and
+    bf16, AMX) are still built and run. Left as it is when the user chose (TORCHINDUCTOR_VEC_ISA_OK).
+    A compiler that cannot build the reported set then fails the compile, and the warm-up falls
+    back as for any failed compile (inductor's Python wrapper, then eager). Returns whether it
+    trusted them."""
+    from torch._inductor import config
+
+    if config.cpp.vec_isa_ok is not None:
+        return False
+    config.cpp.vec_isa_ok = True
+    return True
 
 
 PARENT_VARIABLE = "FEWSTEP_COMPILE_HELPER_OF"  # the service's pid: a helper exits once that process is gone

@@ -256,23 +256,60 @@ def test_the_service_loads_what_its_helper_compiled_from_the_cache(tmp_path):
     assert json.loads(out.stdout.splitlines()[-1]) == {"compiles": True, "hit": 1, "miss": 1}
 
 
+def _on_a_new_thread(fn):
+    """fn()'s result, called on a new thread: inductor's settings are kept per thread, so what a
+    test sets there leaves the tests after it (on this thread) as they were."""
+    import threading
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join(30)
+    assert out, "the thread did not finish"
+    return out[0]
+
+
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_vector_instruction_probes_run_on_a_thread_and_a_failure_stays_there(monkeypatch, caplog, fails):
-    """Inductor's probes run beside the warm-up's tracing (another thread); one that fails is left
-    to inductor, which probes again when it compiles: no exception reaches the warm-up or the thread's hook."""
+    """Inductor's probes run beside the warm-up's tracing (another thread), with the reported
+    base instruction sets trusted there as on the caller's thread; one that fails is left to
+    inductor, which probes again when it compiles: no exception reaches the warm-up or the thread's hook."""
     import threading
+
+    from torch._inductor import config
 
     ran, uncaught = [], []
 
     def pick_vec_isa():  # given, not patched into torch: a module inductor imports meanwhile would keep a patched one
-        ran.append(threading.current_thread().name)
+        ran.append((threading.current_thread().name, config.cpp.vec_isa_ok))
         if fails:
             raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(threading, "excepthook", uncaught.append)
-    with caplog.at_level(logging.DEBUG, logger="fewstep.precompile"):
+    def start():
         thread = precompile_module.probe_vector_isa_in_background(pick_vec_isa)
         thread.join(10)
+        return thread, config.cpp.vec_isa_ok
+
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    with caplog.at_level(logging.DEBUG, logger="fewstep.precompile"):
+        thread, caller_trusts = _on_a_new_thread(start)
     assert not thread.is_alive()
-    assert ran == ["fewstep-vector-isa-probe"] and not uncaught
+    assert ran == [("fewstep-vector-isa-probe", True)] and caller_trusts and not uncaught
     assert ("probing the CPU's vector instructions in the background failed (no compiler)" in caplog.text) == fails
+
+
+@pytest.mark.parametrize("chosen", [None, False, True])
+def test_the_reported_vector_instructions_are_trusted_unless_the_user_chose(chosen):
+    """Without a choice (TORCHINDUCTOR_VEC_ISA_OK unset) inductor is told to trust the base
+    instruction sets the CPU reports instead of building a test program for each; a choice stays."""
+    from torch._inductor import config
+
+    def trust():
+        if chosen is not None:
+            config.cpp.vec_isa_ok = chosen
+        return precompile_module.trust_reported_vector_isa(), config.cpp.vec_isa_ok
+
+    before = config.cpp.vec_isa_ok
+    trusted, setting = _on_a_new_thread(trust)  # a new thread starts from the environment's setting: none here
+    assert (trusted, setting) == ((True, True) if chosen is None else (False, chosen))
+    assert config.cpp.vec_isa_ok is before  # the caller's thread, untouched

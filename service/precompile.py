@@ -12,8 +12,10 @@ costs nothing but its time: the service then compiles that family itself, as wit
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -46,10 +48,12 @@ def _record(command: list[str]) -> Path:
     import json
 
     import torch
+    from torch._inductor import config
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     args = command[command.index("service.compile_helper") + 1:]  # the family's folder, then its options
-    key = json.dumps([args, torch.__version__, (Path(args[0]) / "family.json").read_text()])
+    # the settings a compile's cache entries depend on beyond its arguments: the trusted vector instructions (on this thread)
+    key = json.dumps([args, torch.__version__, (Path(args[0]) / "family.json").read_text(), config.cpp.vec_isa_ok])
     return Path(cache_dir()) / "fewstep-compiled" / hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -76,8 +80,9 @@ def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> 
     sets torch's CPU detection reports are trusted (`trust_reported_vector_isa`), and the probes
     left, a few small `g++` builds each loaded in a subprocess, start on a thread, so they run
     while this process traces its first network in Python rather than after it; inductor then
-    finds their results cached (its own probe takes the same file locks). Returns the thread, or
-    None when inductor cannot be imported; a failure leaves the probing to inductor, as before.
+    finds their results cached (its own probe takes the same file locks). The thread runs with the
+    caller's inductor settings (recent torch keeps them per thread). Returns the thread, or None
+    when inductor cannot be imported; a failure leaves the probing to inductor, as before.
     `pick`: what the thread calls, inductor's `pick_vec_isa` unless given (tests)."""
     try:
         # imported here, on the caller's thread: importing inductor on one thread while torch.compile
@@ -85,36 +90,42 @@ def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> 
         import torch._inductor.codecache  # noqa: F401 - the probes build through it
         from torch._inductor.cpu_vec_isa import pick_vec_isa
         pick = pick or pick_vec_isa
-    except Exception as exc:  # noqa: BLE001 - no inductor here: nothing to probe for
+        trust_reported_vector_isa()
+    except Exception as exc:  # noqa: BLE001 - no inductor here (or not the one expected): nothing to probe for
         log.debug("not probing the CPU's vector instructions (%s)", exc)
         return None
-    trust_reported_vector_isa()
 
     def probe() -> None:
         try:
-            trust_reported_vector_isa()  # on this thread too: inductor's settings are kept per thread
             pick()
         except Exception as exc:  # noqa: BLE001 - inductor probes again when it compiles
             log.debug("probing the CPU's vector instructions in the background failed (%s)", exc)
 
-    thread = threading.Thread(target=probe, daemon=True, name="fewstep-vector-isa-probe")
+    settings = contextvars.copy_context()  # the caller's, the trust included
+    thread = threading.Thread(target=settings.run, args=(probe,), daemon=True, name="fewstep-vector-isa-probe")
     thread.start()
     return thread
 
 
+VEC_ISA_VARIABLE = "TORCHINDUCTOR_VEC_ISA_OK"  # set to anything: inductor's own choice ("0": no vector instructions; "1": trusted; other values: probed)
+
+
 def trust_reported_vector_isa() -> bool:
-    """Let inductor take the base vector instruction sets (AVX2, AVX-512) that torch's CPU
-    detection reports, the ones ATen's own kernels run with, without first building a test program
-    with each set's compiler flags and loading it in a subprocess: with an empty compile cache those
-    probes cost about 4-6 s of `g++` on 2 cores, a tenth of a service's first start there
-    (docs/benchmarks/service.md). The extensions inductor checks beside them (AVX-512 VNNI and
-    bf16, AMX) are still built and run. Left as it is when the user chose (TORCHINDUCTOR_VEC_ISA_OK).
-    A compiler that cannot build the reported set then fails the compile, and the warm-up falls
-    back as for any failed compile (inductor's Python wrapper, then eager). Returns whether it
-    trusted them."""
+    """On an x86 CPU, let inductor take the base vector instruction sets (AVX2, AVX-512) that
+    torch's CPU detection reports, without first building a test program with each set's compiler
+    flags and loading it in a subprocess: with an empty compile cache those probes cost about 4-6 s
+    of `g++` on 2 cores, where a first start took 0.90x the time without them
+    (docs/benchmarks/service.md). The extensions inductor checks beside them (AVX-512 VNNI and bf16,
+    AMX on CPUs that report it) are still built and loaded. Set on the calling thread (recent torch
+    keeps inductor's settings per thread). Left to inductor when TORCHINDUCTOR_VEC_ISA_OK is set, to
+    any value (`auto`: inductor probes as it would without this service), or when the setting is
+    chosen already. A compiler that cannot build the reported set fails the compile instead of
+    falling back to a smaller set; the warm-up then falls back as for any failed compile (inductor's
+    Python wrapper, then eager, each with a warning), and `TORCHINDUCTOR_VEC_ISA_OK=auto` restores
+    the probes. Returns whether it trusted them."""
     from torch._inductor import config
 
-    if config.cpp.vec_isa_ok is not None:
+    if VEC_ISA_VARIABLE in os.environ or config.cpp.vec_isa_ok is not None or platform.machine() not in ("x86_64", "AMD64"):
         return False
     config.cpp.vec_isa_ok = True
     return True

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
+from torch._inductor import config
 
 from model.builtin import BUILTIN_DIR
 from service import precompile as precompile_module
-from service.precompile import Helpers, compiled_before, helper_command, record_compiled
+from service.precompile import VEC_ISA_VARIABLE, Helpers, compiled_before, helper_command, record_compiled
 from service.runner import Runner
 from service.settings import Settings
 from service.testing import ROOT
@@ -139,6 +140,8 @@ def test_a_compile_is_recorded_per_family_batch_shape_dtype_threads_and_wrapper(
                   helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=1, cpp_wrapper=True),
                   helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=2, cpp_wrapper=False)):
         assert not compiled_before(other)
+    # a compile with the vector instructions trusted (now) or probed (before): other cache entries
+    assert not _on_a_new_thread(lambda: _with_vec_isa_ok(not config.cpp.vec_isa_ok, lambda: compiled_before(shapes)))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "another cache"))  # an emptied cache forgets it
     assert not compiled_before(shapes)
 
@@ -257,26 +260,48 @@ def test_the_service_loads_what_its_helper_compiled_from_the_cache(tmp_path):
 
 
 def _on_a_new_thread(fn):
-    """fn()'s result, called on a new thread: inductor's settings are kept per thread, so what a
-    test sets there leaves the tests after it (on this thread) as they were."""
+    """fn()'s result, called on a new thread: recent torch keeps inductor's settings per thread,
+    so what a test sets there stays there."""
     import threading
 
-    out = []
-    thread = threading.Thread(target=lambda: out.append(fn()))
+    out, errors = [], []
+
+    def run():
+        try:
+            out.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - raised on the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
     thread.start()
     thread.join(30)
-    assert out, "the thread did not finish"
+    if errors:
+        raise errors[0]
+    assert out, "the thread did not finish within 30 s"
     return out[0]
 
 
+def _with_vec_isa_ok(value, fn):
+    """fn()'s result with inductor's `cpp.vec_isa_ok` set to `value`, restored afterwards (torch
+    versions that keep one setting for the whole process)."""
+    before = config.cpp.vec_isa_ok
+    config.cpp.vec_isa_ok = value
+    try:
+        return fn()
+    finally:
+        config.cpp.vec_isa_ok = before
+
+
+unchosen = pytest.mark.skipif(VEC_ISA_VARIABLE in os.environ, reason=f"{VEC_ISA_VARIABLE} is set: the service leaves the choice to inductor")
+
+
+@unchosen
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_vector_instruction_probes_run_on_a_thread_and_a_failure_stays_there(monkeypatch, caplog, fails):
-    """Inductor's probes run beside the warm-up's tracing (another thread), with the reported
-    base instruction sets trusted there as on the caller's thread; one that fails is left to
-    inductor, which probes again when it compiles: no exception reaches the warm-up or the thread's hook."""
+    """Inductor's probes run beside the warm-up's tracing (another thread), with the caller's
+    settings, the reported base instruction sets trusted; one that fails is left to inductor,
+    which probes again when it compiles: no exception reaches the warm-up or the thread's hook."""
     import threading
-
-    from torch._inductor import config
 
     ran, uncaught = [], []
 
@@ -290,26 +315,28 @@ def test_the_vector_instruction_probes_run_on_a_thread_and_a_failure_stays_there
         thread.join(10)
         return thread, config.cpp.vec_isa_ok
 
+    monkeypatch.setattr(precompile_module.platform, "machine", lambda: "x86_64")  # trusted on x86 only
     monkeypatch.setattr(threading, "excepthook", uncaught.append)
     with caplog.at_level(logging.DEBUG, logger="fewstep.precompile"):
-        thread, caller_trusts = _on_a_new_thread(start)
+        thread, caller_trusts = _on_a_new_thread(lambda: _with_vec_isa_ok(None, start))
     assert not thread.is_alive()
     assert ran == [("fewstep-vector-isa-probe", True)] and caller_trusts and not uncaught
     assert ("probing the CPU's vector instructions in the background failed (no compiler)" in caplog.text) == fails
 
 
-@pytest.mark.parametrize("chosen", [None, False, True])
-def test_the_reported_vector_instructions_are_trusted_unless_the_user_chose(chosen):
-    """Without a choice (TORCHINDUCTOR_VEC_ISA_OK unset) inductor is told to trust the base
-    instruction sets the CPU reports instead of building a test program for each; a choice stays."""
-    from torch._inductor import config
-
-    def trust():
-        if chosen is not None:
-            config.cpp.vec_isa_ok = chosen
-        return precompile_module.trust_reported_vector_isa(), config.cpp.vec_isa_ok
-
-    before = config.cpp.vec_isa_ok
-    trusted, setting = _on_a_new_thread(trust)  # a new thread starts from the environment's setting: none here
-    assert (trusted, setting) == ((True, True) if chosen is None else (False, chosen))
-    assert config.cpp.vec_isa_ok is before  # the caller's thread, untouched
+@unchosen
+@pytest.mark.parametrize("chosen,variable,machine,trusted", [
+    (None, None, "x86_64", True),
+    (False, None, "x86_64", False),  # chosen in code before the warm-up
+    (True, None, "x86_64", False),
+    (None, "auto", "x86_64", False),  # chosen in the environment: inductor probes
+    (None, None, "aarch64", False),  # not measured there: left to inductor
+])
+def test_the_reported_vector_instructions_are_trusted_on_x86_unless_the_user_chose(monkeypatch, chosen, variable, machine, trusted):
+    """Without a choice inductor is told to trust the base instruction sets an x86 CPU reports
+    instead of building a test program for each; a choice, in code or in the environment, stays."""
+    monkeypatch.setattr(precompile_module.platform, "machine", lambda: machine)
+    if variable is not None:
+        monkeypatch.setenv(VEC_ISA_VARIABLE, variable)
+    result = _on_a_new_thread(lambda: _with_vec_isa_ok(chosen, lambda: (precompile_module.trust_reported_vector_isa(), config.cpp.vec_isa_ok)))
+    assert result == ((True, True) if trusted else (False, chosen))

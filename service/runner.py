@@ -85,7 +85,9 @@ class Runner:
         helpers = None
         compiles_on_cpu = self.compiles and self.device == "cpu"
         if compiles_on_cpu:
-            probe_vector_isa_in_background()  # beside the first network's tracing, not after it
+            # beside the first network's tracing, not after it; it first sets the trusted vector instructions on
+            # this thread, which the compile records' keys include: before compiled_before and record_compiled
+            probe_vector_isa_in_background()
         if compiles_on_cpu and processes > 1 and len(order) > 1 and _disk_cache():
             order.sort(key=lambda name: -_parameters(self.pipelines[name]))  # a proxy for its compile time
             helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1)

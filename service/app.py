@@ -21,6 +21,7 @@ from .queue import RedisQueue, connect, connect_sync
 from .registry import Registry
 from .routes import router
 from .settings import Settings
+from .startup import Startup
 from .state import State
 
 log = logging.getLogger("fewstep.api")
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, redis_url: str | None = None
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("Redis at startup: %s (requests get 503 until it is reachable)", exc)
         if workers:
+            state.startup = Startup(registry.paths)
             state.tasks.append(asyncio.create_task(_start_workers(state, workers)))
         else:
             state.ready = True
@@ -160,7 +162,7 @@ async def _start_workers(state: State, count: int) -> None:
     from .worker import Worker, load_runner  # torch: only a process that runs models imports it
 
     try:
-        runner = await load_runner(state.settings, state.registry.paths, beside_api=True)
+        runner = await load_runner(state.settings, state.registry.paths, beside_api=True, on_stage=state.startup.stage if state.startup else None)
     except Exception as exc:
         state.startup_error = f"loading models failed: {exc}"
         log.exception("loading models failed")

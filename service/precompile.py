@@ -57,6 +57,9 @@ def _record(command: list[str]) -> Path:
     return Path(cache_dir()) / "fewstep-compiled" / hashlib.sha256(key.encode()).hexdigest()
 
 
+PYTHON_WRAPPER_RECORD = "python wrapper"  # what a record holds when the C++ wrapper failed to build
+
+
 def compiled_before(command: list[str]) -> bool:
     """Whether this cache holds the family's compiled networks already (a restart): then loading
     them takes seconds, less than starting a helper would."""
@@ -66,13 +69,23 @@ def compiled_before(command: list[str]) -> bool:
         return False
 
 
-def record_compiled(command: list[str]) -> None:
+def record_compiled(command: list[str], *, python_wrapper: bool = False) -> None:
+    """Record that `command`'s family compiled; `python_wrapper`: with inductor's Python wrapper,
+    its C++ one having failed to build (a restart then goes straight to the Python one)."""
     try:
         path = _record(command)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        path.write_text(PYTHON_WRAPPER_RECORD if python_wrapper else "")
     except OSError as exc:  # a read-only cache: restarts start helpers again, nothing worse
         log.debug("could not record the compile (%s)", exc)
+
+
+def compiled_with_python_wrapper(command: list[str]) -> bool:
+    """Whether the family's recorded compile fell back to inductor's Python wrapper."""
+    try:
+        return _record(command).read_text() == PYTHON_WRAPPER_RECORD
+    except OSError:
+        return False
 
 
 def probe_vector_isa_in_background(pick: Callable[[], object] | None = None) -> threading.Thread | None:
@@ -143,8 +156,13 @@ class Helpers:
     slot a helper frees is refilled at once (a watcher thread), not only at the service's next
     claim: with more families than slots, the next helper starts while the service still compiles."""
 
-    def __init__(self, commands: dict[str, list[str]], slots: int, timeout_s: float = HELPER_TIMEOUT_S, poll_s: float = 0.2):
+    def __init__(self, commands: dict[str, list[str]], slots: int, timeout_s: float = HELPER_TIMEOUT_S, poll_s: float = 0.2,
+                 on_start: Callable[[str], None] | None = None, on_exit: Callable[[str, int], None] | None = None):
+        """`on_start(family)` is called when a helper starts compiling that family, `on_exit(family,
+        status)` when the watcher sees it exit before the service claims it; both while holding the
+        helpers' lock, on the service's thread or the watcher's (an exception they raise is logged)."""
         self.timeout_s = timeout_s
+        self.on_start, self.on_exit = on_start, on_exit
         self.pending = list(commands)  # helpers take from the end, the service from the start
         self.commands = commands
         self.slots = slots
@@ -170,6 +188,7 @@ class Helpers:
                 continue
             self.running[name] = (proc, time.perf_counter())
             log.info("compiling %s in a helper process (pid %d)", name, proc.pid)
+            _tell(self.on_start, name)
 
     def _watch(self, poll_s: float) -> None:
         """Move helpers that exited to `finished` and refill their slots, until no family is left
@@ -183,8 +202,9 @@ class Helpers:
                         if proc.poll() is not None:
                             del self.running[name]
                             self.finished[name] = proc.returncode
+                            _tell(self.on_exit, name, proc.returncode)
                     self._fill()
-                    if len(self.pending) <= 1:  # nothing a helper could still take: claims do the rest
+                    if len(self.pending) <= 1 and not self.running:  # nothing a helper could still take or end: claims do the rest
                         return
         except Exception:  # noqa: BLE001 - never let it end the service's warm-up
             log.exception("the compile helpers' watcher stopped; freed slots are refilled at the service's next family")
@@ -224,6 +244,16 @@ class Helpers:
                 _stop(proc)
             self.running.clear()
             self.pending.clear()
+
+
+def _tell(callback: Callable | None, *args) -> None:
+    """Call a progress callback; what it raises is logged, never the helpers' business."""
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:  # noqa: BLE001 - a progress report must not stop compiles or leave helpers running
+        log.exception("a compile-helper progress callback failed")
 
 
 def _report(name: str, code: int, waited: float | None) -> None:

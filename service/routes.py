@@ -157,7 +157,8 @@ async def readyz(state: StateDep) -> JSONResponse:
     if state.startup_error:
         return JSONResponse({"status": "failed", "detail": state.startup_error}, status_code=503)
     if not state.ready:
-        return JSONResponse({"status": "loading", "detail": "models are loading and warming up"}, status_code=503)
+        progress = state.startup.describe() if state.startup else {}  # each family's stage: compiling takes a while on a first start
+        return JSONResponse({"status": "loading", "detail": "models are loading and warming up", **progress}, status_code=503)
     if state.workers_stopped():
         return JSONResponse({"status": "failed", "detail": "the workers of this process have stopped"}, status_code=503)
     await state.queue.redis.ping()  # 503 through the Redis handler when it is down

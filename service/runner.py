@@ -24,7 +24,8 @@ from . import metrics
 from .contract import Job, JobItem, JobResult
 from .png import write_png
 from .png_info import png_text, settings_of
-from .precompile import PYTHON_WRAPPER_EXIT, Helpers, compiled_before, helper_command, probe_vector_isa_in_background, record_compiled
+from .precompile import (PYTHON_WRAPPER_EXIT, Helpers, compiled_before, compiled_with_python_wrapper, helper_command, probe_vector_isa_in_background,
+                         record_compiled)
 
 log = logging.getLogger("fewstep.runner")
 
@@ -69,7 +70,7 @@ class Runner:
         """Whether every family runs its networks under CUDA graphs (False once one fell back to eager)."""
         return bool(self.pipelines) and all(pipe.cuda_graphs for pipe in self.pipelines.values())
 
-    def warm_up(self, processes: int = 1) -> None:
+    def warm_up(self, processes: int = 1, on_stage: Callable[[str, str], None] | None = None) -> None:
         """Load every student and run it once (with CUDA graphs: three times, the graphs are
         recorded on the second call), so the first request pays no loading, compilation or
         recording cost. A family whose C++ wrapper fails to build is compiled with the Python one; a
@@ -78,8 +79,13 @@ class Runner:
 
         With `processes` above 1, compiling on a CPU, up to that many families compile at once:
         this process takes the largest first, helper processes the smallest (service/precompile.py),
-        and their compiled graphs are then loaded from torch's compile cache."""
+        and their compiled graphs are then loaded from torch's compile cache.
+
+        `on_stage(family, stage)` hears what each family is doing (service/startup.py lists the stages)."""
+        stage = on_stage or (lambda name, what: None)
         order = list(self.pipelines)
+        for name in order:
+            stage(name, "waiting")
         # a family's compile as asked (before any fall back), recorded once done: a restart then starts no helper for it
         commands = {name: self._helper_command(name) for name in order if self.pipelines[name].compile and self.device == "cpu"}
         helpers = None
@@ -90,13 +96,22 @@ class Runner:
             probe_vector_isa_in_background()
         if compiles_on_cpu and processes > 1 and len(order) > 1 and _disk_cache():
             order.sort(key=lambda name: -_parameters(self.pipelines[name]))  # a proxy for its compile time
-            helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1)
+            helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1,
+                              on_start=lambda name: stage(name, "compiling in a helper process"),
+                              on_exit=lambda name, code: stage(name, "waiting (compiled in a helper process)" if code in (0, PYTHON_WRAPPER_EXIT)
+                                                                else "waiting (its helper failed)"))
         try:
             for name in order:
-                if helpers is not None and helpers.claim(name) == PYTHON_WRAPPER_EXIT and self.pipelines[name].cpp_wrapper:
+                helped = helpers.claim(name) if helpers is not None else None
+                if helped == PYTHON_WRAPPER_EXIT and self.pipelines[name].cpp_wrapper:
                     self.pipelines[name].python_wrapper()  # its C++ wrapper failed to build in the helper: not tried again
                     log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build", name)
-                self._warm_family(name, commands.get(name))
+                # whether its compiled networks are in the compile cache; None: not known (no record of compiles kept off the CPU)
+                cached = (helped in (0, PYTHON_WRAPPER_EXIT) or compiled_before(commands[name])) and _disk_cache() if name in commands else None
+                if cached and self.pipelines[name].cpp_wrapper and compiled_with_python_wrapper(commands[name]):
+                    self.pipelines[name].python_wrapper()  # its C++ wrapper failed to build on an earlier start: not tried again
+                    log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build on an earlier start", name)
+                self._warm_family(name, commands.get(name), lambda what, name=name: stage(name, what), cached)
         finally:
             if helpers is not None:
                 helpers.close()
@@ -112,10 +127,16 @@ class Runner:
         return helper_command(pipe.family.directory, dtype=str(self.dtype).removeprefix("torch."), fixed_batch=pipe.fixed_batch,
                               threads=torch.get_num_threads(), cpp_wrapper=pipe.cpp_wrapper)
 
-    def _warm_family(self, name: str, record: list[str] | None) -> None:
+    def _warm_family(self, name: str, record: list[str] | None, stage: Callable[[str], None], cached: bool | None) -> None:
+        """Warm up one family; `cached`: whether its compiled networks are in the compile cache (None: not known)."""
         pipe = self.pipelines[name]
         start = time.perf_counter()
         while True:
+            what = {True: "loading from the compile cache", False: "compiling", None: "compiling, or loading from the compile cache"}[cached]
+            stage(what if pipe.compile else "running once")
+            if pipe.compile:
+                later = "; later starts load it from the compile cache" if cached is False and _disk_cache() else ""
+                log.info("warming up %s: %s (%s%s)", name, what, _kind(pipe), later)
             try:
                 self._warm(pipe)
                 break
@@ -128,9 +149,12 @@ class Runner:
                     pipe.python_wrapper()
                 else:
                     pipe.eager()
+                if cached:
+                    cached = None  # what the cache holds for the new way is not known
         log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
-        if record is not None and pipe.compile:
-            record_compiled(record)
+        stage(f"warm ({_kind(pipe)})")
+        if record is not None and pipe.compile and _disk_cache():
+            record_compiled(record, python_wrapper=not pipe.cpp_wrapper and "--python-wrapper" not in record)
 
     @staticmethod
     def _warm(pipe: Pipeline) -> None:

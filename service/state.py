@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .queue import RedisQueue
 from .registry import Registry
 from .settings import Settings
+from .startup import Startup
 
 
 @dataclass
@@ -18,6 +19,7 @@ class State:
     workers: int = 0  # in-process workers
     ready: bool = False
     startup_error: str | None = None
+    startup: Startup | None = None  # what the in-process workers' warm-up is doing, until ready
     tasks: list = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -383,13 +384,14 @@ class _Progress:
                 log.warning("progress event of job %s not written (%s)", item[0], exc)
 
 
-def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -> Runner:
+def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False, on_stage: Callable[[str, str], None] | None = None) -> Runner:
     """Load and warm up the models. Beside the API on the CPU, eager networks get all cores but
     one: their Python-heavy forward passes and the event loop fight for the interpreter, and a
     starved loop delivers requests late, in small batches. Compiled networks hold the
     interpreter little and get every core (measured on 2 cores, concurrency 16: compiled 68.7
     images/s on 2 threads against 61.9 on 1; eager 46.3 on 2 against 49.4 on 1;
-    docs/benchmarks/service.md)."""
+    docs/benchmarks/service.md). `on_stage(family, stage)`: what each family's warm-up is doing
+    (service/startup.py)."""
     import torch
 
     runner = Runner(paths, device=settings.device, dtype=settings.dtype, fixed_batch=settings.fixed_batch, compile=settings.compile,
@@ -400,19 +402,19 @@ def build_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -
         torch.set_num_threads(threads)
     elif spare_one and not runner.compiles:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
-    runner.warm_up(processes=settings.compile_processes or available_cores())
+    runner.warm_up(processes=settings.compile_processes or available_cores(), on_stage=on_stage)
     if spare_one and not runner.compiles:  # compilation failed during warm-up: eager after all
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     return runner
 
 
-async def load_runner(settings: Settings, paths: dict, *, beside_api: bool = False) -> Runner:
+async def load_runner(settings: Settings, paths: dict, *, beside_api: bool = False, on_stage: Callable[[str, str], None] | None = None) -> Runner:
     """`build_runner` on a thread of the runner's own, which then runs every batch of the
     workers that share it (Worker): CUDA graphs are kept per thread, so the warm-up must record
     them on the thread that replays them."""
     thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fewstep-model")
     try:
-        runner = await asyncio.get_running_loop().run_in_executor(thread, functools.partial(build_runner, settings, paths, beside_api=beside_api))
+        runner = await asyncio.get_running_loop().run_in_executor(thread, functools.partial(build_runner, settings, paths, beside_api=beside_api, on_stage=on_stage))
     except BaseException:
         thread.shutdown(wait=False)
         raise

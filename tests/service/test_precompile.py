@@ -58,7 +58,9 @@ def test_more_slots_start_more_helpers_at_once(tmp_path):
 def test_a_slot_a_helper_frees_is_refilled_while_the_service_still_compiles(tmp_path, caplog):
     """Four families on one helper slot: "d"'s helper exits at once, and "c"'s starts then, while
     the service is still busy with "a" (no claim in between); "b", the service's next, is left to it."""
-    helpers = Helpers({name: writes(tmp_path / name) for name in "abcd"}, slots=1, poll_s=0.05)
+    heard = []
+    helpers = Helpers({name: writes(tmp_path / name) for name in "abcd"}, slots=1, poll_s=0.05,
+                      on_start=lambda name: heard.append(("started", name)), on_exit=lambda name, code: heard.append(("exited", name, code)))
     try:
         with caplog.at_level(logging.INFO, logger="fewstep.precompile"):
             helpers.claim("a")  # the service compiles "a": it makes no other claim until it is done
@@ -72,6 +74,7 @@ def test_a_slot_a_helper_frees_is_refilled_while_the_service_still_compiles(tmp_
             assert helpers.claim("d") == 0  # exited long ago: its status, no wait
         assert "a helper compiled d (it had finished)" in caplog.text and "a helper compiled c" in caplog.text
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "d"]
+        assert heard[:3] == [("started", "d"), ("exited", "d", 0), ("started", "c")]  # what /readyz shows of them
     finally:
         helpers.close()
 
@@ -181,6 +184,39 @@ def test_the_warm_up_compiles_the_largest_family_itself_and_helpers_the_others_o
     assert started == []
 
 
+def test_the_warm_up_says_what_each_family_is_doing(tmp_path, monkeypatch, caplog):
+    """What /readyz shows during a start (service/startup.py): on a first start `emoji` compiles
+    here while a helper compiles `shapes`, which is then loaded from the cache; a restart loads
+    both from the cache; eager networks run once."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(precompile_module.subprocess, "Popen", lambda cmd, **kw: real_popen(writes(tmp_path / "helped", delay=0.5), **kw))
+    heard = []
+    monkeypatch.setattr(Runner, "_warm", staticmethod(lambda pipe: heard.append((pipe.family.directory.name, "(its warm-up)"))))
+    paths = {"shapes": BUILTIN_DIR / "shapes", "emoji": BUILTIN_DIR / "emoji"}
+
+    def start(compile=True):
+        heard.clear()
+        Runner(paths, device="cpu", fixed_batch=4, compile=compile).warm_up(processes=2, on_stage=lambda name, stage: heard.append((name, stage)))
+        return [stage for name, stage in heard if name == "emoji"], [stage for name, stage in heard if name == "shapes"]
+
+    warm = "warm (compiled, C++ wrapper)"
+    with caplog.at_level(logging.INFO, logger="fewstep.runner"):
+        emoji, shapes = start()
+    assert emoji == ["waiting", "compiling", "(its warm-up)", warm]
+    assert shapes == ["waiting", "compiling in a helper process", "loading from the compile cache", "(its warm-up)", warm]
+    assert heard.index(("emoji", warm)) < heard.index(("shapes", "loading from the compile cache"))  # emoji first: the larger
+    assert "warming up emoji: compiling (compiled, C++ wrapper; later starts load it from the compile cache)" in caplog.text
+    restart = ["waiting", "loading from the compile cache", "(its warm-up)", warm]
+    assert start() == (restart, restart)
+    eager = ["waiting", "running once", "(its warm-up)", "warm (eager)"]
+    assert start(compile=False) == (eager, eager)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "another cache"))
+    with torch._inductor.config.patch(fx_graph_cache=False):  # nothing kept on disk: every start compiles
+        compiling = ["waiting", "compiling", "(its warm-up)", warm]
+        assert start() == (compiling, compiling) and start() == (compiling, compiling)
+
+
 def test_a_family_whose_helper_failed_is_compiled_by_the_service_as_asked(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     real_popen = subprocess.Popen
@@ -208,6 +244,11 @@ def test_a_family_whose_cpp_wrapper_failed_in_its_helper_is_not_compiled_with_it
     assert "shapes is compiled with inductor's Python wrapper: its C++ wrapper failed to build" in caplog.text
     asked = helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=torch.get_num_threads(), cpp_wrapper=True)
     assert compiled_before(asked)  # recorded as asked: a restart starts no helper for it again
+    tried.clear()
+    heard = []
+    Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=2, on_stage=lambda name, stage: heard.append((name, stage)))
+    assert tried == [("emoji", True), ("shapes", False)]  # nor builds its C++ wrapper again
+    assert ("shapes", "loading from the compile cache") in heard
 
 
 @pytest.mark.parametrize("value,expected", [(None, len(os.sched_getaffinity(0))), ("1", 1), ("3", 3)])
@@ -216,9 +257,9 @@ def test_fewstep_compile_processes_sets_how_many_families_compile_at_once(monkey
     if value is not None:
         monkeypatch.setenv("FEWSTEP_COMPILE_PROCESSES", value)
     seen = []
-    monkeypatch.setattr(Runner, "warm_up", lambda self, processes=1: seen.append(processes))
-    build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"})
-    assert seen == [expected]
+    monkeypatch.setattr(Runner, "warm_up", lambda self, processes=1, on_stage=None: seen.append((processes, on_stage)))
+    build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"}, on_stage=print)
+    assert seen == [(expected, print)]  # and what the warm-up does is heard by the service's /readyz
 
 
 def test_fewstep_compile_processes_below_one_is_refused(monkeypatch):

@@ -39,7 +39,7 @@ class ThreadRecordingRunner:
 
 
 def test_batches_run_on_the_thread_that_built_and_warmed_up_the_runner(redis_server, monkeypatch):
-    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: ThreadRecordingRunner())
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, **kwargs: ThreadRecordingRunner())
 
     async def main():
         runner = await load_runner(Settings(), {})
@@ -92,7 +92,7 @@ def _job(k: int, store_result: bool, webhook: str | None = None) -> Job:
 def _serve(redis_url: str, sync_url: str, jobs: list[Job], lose_reply: bool = False, monkeypatch=None):
     """Submit each job and let one worker run it while a request waits for the synchronous ones;
     returns what the waiters got, the queue, the runner and the webhooks delivered."""
-    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: ThreadRecordingRunner())
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, **kwargs: ThreadRecordingRunner())
     delivered = []
 
     async def deliver(url, payload, settings):
@@ -142,7 +142,7 @@ def test_a_finish_the_model_thread_could_not_send_is_sent_from_the_event_loop(re
 
 
 def test_a_batch_of_several_requests_is_finished_from_the_model_thread_also_after_redis_lost_its_scripts(redis_server, monkeypatch):
-    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: ThreadRecordingRunner())
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, **kwargs: ThreadRecordingRunner())
 
     async def batch(queue, worker, jobs):
         for job in jobs:
@@ -222,7 +222,7 @@ def test_fewstep_cpp_wrapper_chooses_the_compiled_wrapper(monkeypatch, value, ex
     monkeypatch.delenv("FEWSTEP_CPP_WRAPPER", raising=False)
     if value is not None:
         monkeypatch.setenv("FEWSTEP_CPP_WRAPPER", value)
-    monkeypatch.setattr(Runner, "warm_up", lambda self, processes=1: None)  # no compiling: only which wrapper was asked for
+    monkeypatch.setattr(Runner, "warm_up", lambda self, processes=1, on_stage=None: None)  # no compiling: only which wrapper was asked for
     runner = worker_module.build_runner(Settings(device="cpu"), {"shapes": BUILTIN_DIR / "shapes"})
     assert runner.compiles and runner.pipelines["shapes"].cpp_wrapper is expected
 
@@ -289,7 +289,7 @@ def test_an_api_process_that_stops_lets_its_worker_end_the_batch_it_runs(redis_s
 
     from service.app import create_app
 
-    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, beside_api=False: SlowRunner())
+    monkeypatch.setattr(worker_module, "build_runner", lambda settings, paths, **kwargs: SlowRunner())
     prefix = f"grace-{uuid.uuid4().hex[:8]}"
     with TestClient(create_app(Settings(queue_prefix=prefix), redis_url=redis_server.url, workers=1)) as client:
         deadline = time.monotonic() + 30

@@ -296,7 +296,7 @@ def test_the_service_loads_what_its_helper_compiled_from_the_cache(tmp_path):
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "a helper compiled shapes (waited" in out.stderr, out.stderr[-3000:]
+    assert "a helper compiled shapes (" in out.stderr, out.stderr[-3000:]  # waited for, or seen to finish before its turn
     assert json.loads(out.stdout.splitlines()[-1]) == {"compiles": True, "hit": 1, "miss": 1}
 
 

@@ -86,15 +86,17 @@ class Runner:
         order = list(self.pipelines)
         for name in order:
             stage(name, "waiting")
-        # a family's compile as asked (before any fall back), recorded once done: a restart then starts no helper for it
+        # a family's compile as asked (before any fall back), recorded once done where inductor keeps its graphs on disk:
+        # a restart then starts no helper for it
         commands = {name: self._helper_command(name) for name in order if self.pipelines[name].compile and self.device == "cpu"}
+        disk = _disk_cache()
         helpers = None
         compiles_on_cpu = self.compiles and self.device == "cpu"
         if compiles_on_cpu:
             # beside the first network's tracing, not after it; it first sets the trusted vector instructions on
             # this thread, which the compile records' keys include: before compiled_before and record_compiled
             probe_vector_isa_in_background()
-        if compiles_on_cpu and processes > 1 and len(order) > 1 and _disk_cache():
+        if compiles_on_cpu and processes > 1 and len(order) > 1 and disk:
             order.sort(key=lambda name: -_parameters(self.pipelines[name]))  # a proxy for its compile time
             helpers = Helpers({name: commands[name] for name in order if not compiled_before(commands[name])}, slots=processes - 1,
                               on_start=lambda name: stage(name, "compiling in a helper process"),
@@ -103,15 +105,15 @@ class Runner:
         try:
             for name in order:
                 helped = helpers.claim(name) if helpers is not None else None
-                if helped == PYTHON_WRAPPER_EXIT and self.pipelines[name].cpp_wrapper:
-                    self.pipelines[name].python_wrapper()  # its C++ wrapper failed to build in the helper: not tried again
-                    log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build", name)
+                record = commands.get(name) if disk else None
                 # whether its compiled networks are in the compile cache; None: not known (no record of compiles kept off the CPU)
-                cached = (helped in (0, PYTHON_WRAPPER_EXIT) or compiled_before(commands[name])) and _disk_cache() if name in commands else None
-                if cached and self.pipelines[name].cpp_wrapper and compiled_with_python_wrapper(commands[name]):
-                    self.pipelines[name].python_wrapper()  # its C++ wrapper failed to build on an earlier start: not tried again
-                    log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build on an earlier start", name)
-                self._warm_family(name, commands.get(name), lambda what, name=name: stage(name, what), cached)
+                cached = None if name not in commands else record is not None and (helped in (0, PYTHON_WRAPPER_EXIT) or compiled_before(record))
+                # its C++ wrapper failed to build in its helper, or on an earlier start: not tried again
+                failed = "in its helper" if helped == PYTHON_WRAPPER_EXIT else "on an earlier start" if cached and compiled_with_python_wrapper(record) else None
+                if failed and self.pipelines[name].cpp_wrapper:
+                    self.pipelines[name].python_wrapper()
+                    log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build %s", name, failed)
+                self._warm_family(name, record, lambda what, name=name: stage(name, what), cached)
         finally:
             if helpers is not None:
                 helpers.close()
@@ -128,14 +130,15 @@ class Runner:
                               threads=torch.get_num_threads(), cpp_wrapper=pipe.cpp_wrapper)
 
     def _warm_family(self, name: str, record: list[str] | None, stage: Callable[[str], None], cached: bool | None) -> None:
-        """Warm up one family; `cached`: whether its compiled networks are in the compile cache (None: not known)."""
+        """Warm up one family; `record`: the compile to record once done (None: none kept); `cached`:
+        whether its compiled networks are in the compile cache (None: not known)."""
         pipe = self.pipelines[name]
         start = time.perf_counter()
         while True:
             what = {True: "loading from the compile cache", False: "compiling", None: "compiling, or loading from the compile cache"}[cached]
             stage(what if pipe.compile else "running once")
             if pipe.compile:
-                later = "; later starts load it from the compile cache" if cached is False and _disk_cache() else ""
+                later = "; later starts load it from the compile cache" if cached is False and record is not None else ""
                 log.info("warming up %s: %s (%s%s)", name, what, _kind(pipe), later)
             try:
                 self._warm(pipe)
@@ -153,7 +156,7 @@ class Runner:
                     cached = None  # what the cache holds for the new way is not known
         log.info("warmed up %s in %.1f s (%s)", name, time.perf_counter() - start, _kind(pipe))
         stage(f"warm ({_kind(pipe)})")
-        if record is not None and pipe.compile and _disk_cache():
+        if record is not None and pipe.compile:
             record_compiled(record, python_wrapper=not pipe.cpp_wrapper and "--python-wrapper" not in record)
 
     @staticmethod

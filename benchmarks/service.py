@@ -5,8 +5,8 @@
 
 All in one run, on the built-in family:
   1. the batch-shape table (in process, no HTTP): for FEWSTEP_FIXED_BATCH rows per network call
-     and eager or compiled networks (on a CPU compiled with inductor's C++ wrapper, the
-     default, and with its Python one), a lone 4-step request's model time and the images/s of
+     and eager or compiled networks (on a CPU compiled packages, the default, and torch.compile
+     with inductor's Python wrapper), a lone 4-step request's model time and the images/s of
      16 requests drawn together, with the compile time of that shape;
   2. the text encoder's, PNG encoder's and autoencoder's cost per request and per image;
   3. a real redis-server and `python -m service` (API + one worker), once eager
@@ -212,7 +212,7 @@ def batch_table(sizes=(1, 4, 8, 16), repeats: int = 7, device: str = "cpu", dtyp
     kinds = {"eager": {}, "compiled": {"compile": True}}
     if device.startswith("cuda"):
         kinds["CUDA graphs"] = {"compile": True, "compile_mode": "reduce-overhead"}
-    else:  # compiled networks run with inductor's C++ wrapper on a CPU; against its Python one
+    else:  # compiled networks are compiled packages on a CPU; against torch.compile with inductor's Python wrapper
         kinds["compiled, Python wrapper"] = {"compile": True, "cpp_wrapper": False}
     rows = []
     for fixed in sizes:

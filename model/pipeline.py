@@ -7,18 +7,17 @@ exactly that many rows (the batch is cut into chunks and the last chunk padded),
 request's pixels are bit-identical whatever shares its batch: CPU and GPU kernels pick
 their arithmetic by shape, and a different batch size changes the last bits.
 
-With `compile`, the networks run under `torch.compile` (inductor) for the one shape the worker
-calls them with, `fixed_batch` rows; each is compiled on its first call (the service does that
-during warm-up). Students share one graph: they differ in weights only. `compile_mode=
-"reduce-overhead"` adds CUDA graphs on a GPU (a graph replays a network's kernels with one
-launch). Their graphs are kept per thread, so one thread must warm up and run them; each call
-starts a new graph step and copies the output out of the graph's memory, which the next replay
-overwrites. On a CPU the compiled graph's wrapper, the code that calls its kernels one after
-the other, is C++ (inductor's `cpp_wrapper`) rather than Python: the networks run 6-8% faster
-on 2 cores at 4 rows (docs/benchmarks/service.md). It is built as two sources, the wrapper at -O1
-and the kernels at -O3 (CPP_WRAPPER_OPTIONS): a first compile's C++ build of `emoji` took 11 s
-instead of 26-27 s (and 4 s of precompiled headers), for networks about 2% slower than with one
-source at -O3.
+With `compile`, the networks are compiled for the one shape the worker calls them with,
+`fixed_batch` rows; each is compiled on its first call (the service does that during warm-up).
+Students share one compiled network: they differ in weights only. On a CPU each family's network
+is built ahead of time into a compiled package (AOTInductor, C++; model/compiled_package.py) kept
+in torch's compile cache folder: a later start loads it in milliseconds, where torch.compile traces
+the network's Python again on every start, and its calls are faster (docs/benchmarks/service.md).
+`cpp_wrapper=False`, or a package that fails to build, compiles with `torch.compile` and inductor's
+Python wrapper instead. On a GPU the networks run under `torch.compile`; `compile_mode=
+"reduce-overhead"` adds CUDA graphs (a graph replays a network's kernels with one launch). Their
+graphs are kept per thread, so one thread must warm up and run them; each call starts a new graph
+step and copies the output out of the graph's memory, which the next replay overwrites.
 """
 
 from __future__ import annotations
@@ -52,19 +51,9 @@ def graph_safe(network: Callable) -> Callable:
     return call
 
 
-# Inductor's C++ wrapper on a CPU, built for a short first compile (the module's docstring): two
-# sources, and no precompiled headers, which cost more to build than they save a graph's two sources.
-CPP_WRAPPER_OPTIONS = {"cpp_wrapper": True, "cpp_wrapper_build_separate": True, "cpp_cache_precompile_headers": False}
-
-
-def compile_kwargs(device: str | torch.device, mode: str, cpp_wrapper: bool) -> dict:
-    """torch.compile's arguments for a network on `device`: the mode, or on a CPU (without a
-    mode) the C++ wrapper when asked for."""
-    if mode != "default":
-        return {"dynamic": False, "mode": mode}
-    if cpp_wrapper and torch.device(device).type == "cpu":
-        return {"dynamic": False, "options": dict(CPP_WRAPPER_OPTIONS)}
-    return {"dynamic": False}
+def compile_kwargs(mode: str) -> dict:
+    """torch.compile's arguments for a network: one shape, and the mode."""
+    return {"dynamic": False} if mode == "default" else {"dynamic": False, "mode": mode}
 
 
 @dataclass
@@ -80,7 +69,8 @@ class Request:
 
 class Pipeline:
     def __init__(self, family: Family, fixed_batch: int | None = None, compile: bool = False, compile_mode: str = "default", cpp_wrapper: bool = True):
-        """`cpp_wrapper`: compile with inductor's C++ wrapper where it applies (a CPU, mode "default")."""
+        """`cpp_wrapper`: on a CPU (mode "default"), compile each network into a compiled package
+        (C++); else, and elsewhere, with torch.compile."""
         if fixed_batch is not None and fixed_batch < 1:
             raise ValueError(f"fixed_batch must be a positive number of rows, got {fixed_batch}")
         if compile and fixed_batch is None:
@@ -91,7 +81,7 @@ class Pipeline:
         self.fixed_batch = fixed_batch
         self.compile = compile
         self.compile_mode = compile_mode
-        self.cpp_wrapper = compile and "options" in compile_kwargs(family.device, compile_mode, cpp_wrapper)  # where it applies
+        self.cpp_wrapper = compile and cpp_wrapper and compile_mode == "default" and torch.device(family.device).type == "cpu"  # where it applies
         self._compiled: dict[int, Callable] = {}
         info = family.info
         self.text_encoder = None
@@ -155,8 +145,13 @@ class Pipeline:
             return model
         key = id(model)
         if key not in self._compiled:
-            compiled = torch.compile(model, **compile_kwargs(self.family.device, self.compile_mode, self.cpp_wrapper))
-            self._compiled[key] = graph_safe(compiled) if self.cuda_graphs else compiled
+            if self.cpp_wrapper:
+                from .compiled_package import PackagedNetwork
+
+                self._compiled[key] = PackagedNetwork(model)
+            else:
+                compiled = torch.compile(model, **compile_kwargs(self.compile_mode))
+                self._compiled[key] = graph_safe(compiled) if self.cuda_graphs else compiled
         return self._compiled[key]
 
     def eager(self) -> None:
@@ -165,7 +160,8 @@ class Pipeline:
         self._compiled.clear()
 
     def python_wrapper(self) -> None:
-        """Compile with inductor's Python wrapper from now on (the C++ one failed to build)."""
+        """Compile with torch.compile and inductor's Python wrapper from now on (a compiled package
+        failed to build)."""
         self.cpp_wrapper = False
         self._compiled.clear()
 

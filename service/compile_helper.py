@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--fixed-batch", type=int, required=True, help="rows per network call, as the service's FEWSTEP_FIXED_BATCH")
     parser.add_argument("--threads", type=int, required=True, help="torch threads, as the service's model thread uses")
-    parser.add_argument("--python-wrapper", action="store_true", help="compile with inductor's Python wrapper, not the C++ one")
+    parser.add_argument("--python-wrapper", action="store_true", help="compile with torch.compile and inductor's Python wrapper, not into a compiled package")
     _exit_with_parent()  # first: a service killed while this helper imports torch is noticed too
     args = parser.parse_args(argv)
     if args.fixed_batch < 1 or args.threads < 1:

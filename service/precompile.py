@@ -1,6 +1,7 @@
 """Compiling families side by side: helper processes compile some families' networks into
-torch's compile cache on disk while the service compiles another; the service then loads them
-from that cache instead of compiling them one after the other.
+torch's compile cache folder on disk (on a CPU, their compiled packages: model/compiled_package.py)
+while the service compiles another; the service then loads them from that folder instead of
+compiling them one after the other.
 
 On a CPU a family's first compile is mostly one process's work (inductor generates the C++ code
 in Python, then one compiler process builds it), so with two families on two cores a first
@@ -57,7 +58,7 @@ def _record(command: list[str]) -> Path:
     return Path(cache_dir()) / "fewstep-compiled" / hashlib.sha256(key.encode()).hexdigest()
 
 
-PYTHON_WRAPPER_RECORD = "python wrapper"  # what a record holds when the C++ wrapper failed to build
+PYTHON_WRAPPER_RECORD = "python wrapper"  # what a record holds when the compiled package failed to build
 
 
 def compiled_before(command: list[str]) -> bool:
@@ -71,7 +72,7 @@ def compiled_before(command: list[str]) -> bool:
 
 def record_compiled(command: list[str], *, python_wrapper: bool = False) -> None:
     """Record that `command`'s family compiled; `python_wrapper`: with inductor's Python wrapper,
-    its C++ one having failed to build (a restart then goes straight to the Python one)."""
+    its compiled package having failed to build (a restart then goes straight to the Python wrapper)."""
     try:
         path = _record(command)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def trust_reported_vector_isa() -> bool:
 
 
 PARENT_VARIABLE = "FEWSTEP_COMPILE_HELPER_OF"  # the service's pid: a helper exits once that process is gone
-PYTHON_WRAPPER_EXIT = 3  # a helper's exit status: compiled, but with the Python wrapper (the C++ one failed to build)
+PYTHON_WRAPPER_EXIT = 3  # a helper's exit status: compiled, but with the Python wrapper (the compiled package failed to build)
 HELPER_TIMEOUT_S = 1800.0  # a helper still compiling after this long is taken as hung: stopped, its family left to the service
 
 
@@ -262,7 +263,7 @@ def _report(name: str, code: int, waited: float | None) -> None:
     if code == 0:
         log.info("a helper compiled %s (%s)", name, wait)
     elif code == PYTHON_WRAPPER_EXIT:
-        log.info("a helper compiled %s, with inductor's Python wrapper: the C++ one failed to build (%s)", name, wait)
+        log.info("a helper compiled %s, with inductor's Python wrapper: its compiled package failed to build (%s)", name, wait)
     else:
         log.warning("the helper compiling %s failed (exit status %d); the service compiles it", name, code)
 

@@ -73,9 +73,9 @@ class Runner:
     def warm_up(self, processes: int = 1, on_stage: Callable[[str, str], None] | None = None) -> None:
         """Load every student and run it once (with CUDA graphs: three times, the graphs are
         recorded on the second call), so the first request pays no loading, compilation or
-        recording cost. A family whose C++ wrapper fails to build is compiled with the Python one; a
-        platform where compilation fails runs eagerly; each with a warning. Call it
-        on the thread that will run the batches: CUDA graphs are kept per thread.
+        recording cost. A family whose compiled package fails to build is compiled with torch.compile
+        and inductor's Python wrapper; a platform where compilation fails runs eagerly; each with a
+        warning. Call it on the thread that will run the batches: CUDA graphs are kept per thread.
 
         With `processes` above 1, compiling on a CPU, up to that many families compile at once:
         this process takes the largest first, helper processes the smallest (service/precompile.py),
@@ -108,11 +108,11 @@ class Runner:
                 record = commands.get(name) if disk else None
                 # whether its compiled networks are in the compile cache; None: not known (no record of compiles kept off the CPU)
                 cached = None if name not in commands else record is not None and (helped in (0, PYTHON_WRAPPER_EXIT) or compiled_before(record))
-                # its C++ wrapper failed to build in its helper, or on an earlier start: not tried again
+                # its compiled package failed to build in its helper, or on an earlier start: not tried again
                 failed = "in its helper" if helped == PYTHON_WRAPPER_EXIT else "on an earlier start" if cached and compiled_with_python_wrapper(record) else None
                 if failed and self.pipelines[name].cpp_wrapper:
                     self.pipelines[name].python_wrapper()
-                    log.warning("%s is compiled with inductor's Python wrapper: its C++ wrapper failed to build %s", name, failed)
+                    log.warning("%s is compiled with inductor's Python wrapper: its compiled package failed to build %s", name, failed)
                 self._warm_family(name, record, lambda what, name=name: stage(name, what), cached)
         finally:
             if helpers is not None:
@@ -233,7 +233,7 @@ def _kind(pipe: Pipeline) -> str:
         return "eager"
     if pipe.cuda_graphs:
         return "compiled, CUDA graphs"
-    return "compiled, C++ wrapper" if pipe.cpp_wrapper else "compiled"
+    return "compiled package" if pipe.cpp_wrapper else "compiled"
 
 
 def _previews(jobs: list[Job], on_event: Callable[[str, dict], None] | None):

@@ -42,7 +42,7 @@ def test_a_family_missing_from_a_runs_log_is_printed_as_nan_not_a_crash():
 
 
 def test_the_warm_up_times_are_the_workers_not_its_helpers():
-    log = ("2026-12-05 16:59:02,208 INFO fewstep.runner (helper): warmed up shapes in 18.3 s (compiled, C++ wrapper)\n"
-           "2026-12-05 16:59:40,100 INFO fewstep.runner: warmed up emoji in 38.3 s (compiled, C++ wrapper)\n"
-           "2026-12-05 16:59:42,900 INFO fewstep.runner: warmed up shapes in 2.6 s (compiled, C++ wrapper)\n")
+    log = ("2026-12-05 16:59:02,208 INFO fewstep.runner (helper): warmed up shapes in 18.3 s (compiled package)\n"
+           "2026-12-05 16:59:40,100 INFO fewstep.runner: warmed up emoji in 38.3 s (compiled package)\n"
+           "2026-12-05 16:59:42,900 INFO fewstep.runner: warmed up shapes in 2.6 s (compiled package)\n")
     assert WARMED.findall(log) == [("emoji", "38.3"), ("shapes", "2.6")]

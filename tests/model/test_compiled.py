@@ -1,5 +1,5 @@
-"""Compiled students (torch.compile, the service's default): the same pixels for a seed whatever
-its batch mates, and the eager networks' pixels within rounding."""
+"""Compiled students (on a CPU, compiled packages: the service's default): the same pixels for a
+seed whatever its batch mates, and the eager networks' pixels within rounding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model.builtin import BUILTIN_DIR, DEFAULT_FAMILY
+from model.compiled_package import PackagedNetwork
 from model.family import Family
 from model.pipeline import Pipeline, Request
 
@@ -39,8 +40,7 @@ def test_compiled_pixels_ignore_batch_mates_and_match_eager(pipes, steps, stocha
     batch = requests()
     together = compiled.generate(batch, steps=steps, stochastic=stochastic)
     student = compiled.family.student(steps, stochastic)
-    assert isinstance(compiled.network(student), torch._dynamo.eval_frame.OptimizedModule)  # it really runs compiled
-    assert compiled.cpp_wrapper  # on a CPU, with inductor's C++ wrapper (the service's default)
+    assert isinstance(compiled.network(student), PackagedNetwork) and compiled.cpp_wrapper  # it really runs compiled, as the service does
     assert eager.network(student) is student
     for k, r in enumerate(batch):
         alone = compiled.generate([r], steps=steps, stochastic=stochastic)[0]

@@ -41,7 +41,7 @@ def test_one_command_serves_the_builtin_models_with_an_embedded_redis(tmp_path):
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.3)
         assert "REDIS_URL=unix://" in log.read_text()  # how more workers can join
-        assert "(compiled, C++ wrapper)" in log.read_text()  # ready only once its students are compiled (the default)
+        assert "(compiled package)" in log.read_text()  # ready only once its students are compiled (the default)
         started = redis_servers() - before
         assert len(started) == 1, "the embedded redis-server"
         r = httpx.post(f"http://127.0.0.1:{port}/v1/txt2img", json={"prompt": "a red circle", "steps": 1}, timeout=60)

@@ -200,13 +200,13 @@ def test_the_warm_up_says_what_each_family_is_doing(tmp_path, monkeypatch, caplo
         Runner(paths, device="cpu", fixed_batch=4, compile=compile).warm_up(processes=2, on_stage=lambda name, stage: heard.append((name, stage)))
         return [stage for name, stage in heard if name == "emoji"], [stage for name, stage in heard if name == "shapes"]
 
-    warm = "warm (compiled, C++ wrapper)"
+    warm = "warm (compiled package)"
     with caplog.at_level(logging.INFO, logger="fewstep.runner"):
         emoji, shapes = start()
     assert emoji == ["waiting", "compiling", "(its warm-up)", warm]
     assert shapes == ["waiting", "compiling in a helper process", "loading from the compile cache", "(its warm-up)", warm]
     assert heard.index(("emoji", warm)) < heard.index(("shapes", "loading from the compile cache"))  # emoji first: the larger
-    assert "warming up emoji: compiling (compiled, C++ wrapper; later starts load it from the compile cache)" in caplog.text
+    assert "warming up emoji: compiling (compiled package; later starts load it from the compile cache)" in caplog.text
     restart = ["waiting", "loading from the compile cache", "(its warm-up)", warm]
     assert start() == (restart, restart)
     eager = ["waiting", "running once", "(its warm-up)", "warm (eager)"]
@@ -241,13 +241,13 @@ def test_a_family_whose_cpp_wrapper_failed_in_its_helper_is_not_compiled_with_it
     with caplog.at_level(logging.INFO):
         runner.warm_up(processes=2)
     assert tried == [("emoji", True), ("shapes", False)]
-    assert "shapes is compiled with inductor's Python wrapper: its C++ wrapper failed to build" in caplog.text
+    assert "shapes is compiled with inductor's Python wrapper: its compiled package failed to build" in caplog.text
     asked = helper_command(BUILTIN_DIR / "shapes", dtype="float32", fixed_batch=4, threads=torch.get_num_threads(), cpp_wrapper=True)
     assert compiled_before(asked)  # recorded as asked: a restart starts no helper for it again
     tried.clear()
     heard = []
     Runner(paths, device="cpu", fixed_batch=4, compile=True).warm_up(processes=2, on_stage=lambda name, stage: heard.append((name, stage)))
-    assert tried == [("emoji", True), ("shapes", False)]  # nor builds its C++ wrapper again
+    assert tried == [("emoji", True), ("shapes", False)]  # nor builds its compiled package again
     assert ("shapes", "loading from the compile cache") in heard
 
 
@@ -278,26 +278,26 @@ def test_the_helper_refuses_bad_arguments():
 
 @pytest.mark.slow
 def test_the_service_loads_what_its_helper_compiled_from_the_cache(tmp_path):
-    """A real first start of the two built-in families with two processes: the service compiles
-    `emoji`, a helper `shapes`, and the service's own `shapes` graph then comes from the cache
-    (inductor's FX graph cache: one miss, emoji's; one hit, shapes'). Run in a fresh
-    interpreter with an empty cache, as a first start on a machine."""
+    """A real first start of the two built-in families with two processes: the service builds
+    `emoji`'s compiled package, a helper `shapes`', and the service then loads the helper's from
+    the cache folder (it builds one package, emoji's, and loads two). Run in a fresh interpreter
+    with an empty cache, as a first start on a machine."""
     script = textwrap.dedent("""
         import json, logging, sys
         import torch
-        from torch._dynamo.utils import counters
+        from model import compiled_package
         from model.builtin import BUILTIN_DIR
         from service.runner import Runner
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         runner = Runner({"emoji": BUILTIN_DIR / "emoji", "shapes": BUILTIN_DIR / "shapes"}, device="cpu", fixed_batch=4, compile=True)
         runner.warm_up(processes=2)
-        print(json.dumps({"compiles": runner.compiles, "hit": counters["inductor"]["fxgraph_cache_hit"], "miss": counters["inductor"]["fxgraph_cache_miss"]}))
+        print(json.dumps({"compiles": runner.compiles, **compiled_package.COUNTS}))
     """)
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "a helper compiled shapes (" in out.stderr, out.stderr[-3000:]  # waited for, or seen to finish before its turn
-    assert json.loads(out.stdout.splitlines()[-1]) == {"compiles": True, "hit": 1, "miss": 1}
+    assert json.loads(out.stdout.splitlines()[-1]) == {"compiles": True, "built": 1, "loaded": 2}
 
 
 def _on_a_new_thread(fn):

@@ -31,7 +31,7 @@ def test_readyz_shows_each_familys_stage_until_the_service_is_ready(redis_server
         compiling.set()
         assert finish.wait(30)
         for name in names:
-            on_stage(name, "warm (compiled, C++ wrapper)")
+            on_stage(name, "warm (compiled package)")
         return Runner()
 
     monkeypatch.setattr(worker_module, "build_runner", build_runner)

@@ -193,7 +193,7 @@ def test_cuda_graphs_are_not_used_off_a_gpu_or_without_compiling(caplog):
 
 @pytest.mark.parametrize("failing", ["cpp wrapper", "every compile"])
 def test_a_failed_compile_falls_back_a_step_at_a_time(monkeypatch, caplog, tmp_path, failing):
-    """A family whose C++ wrapper fails to build is compiled with the Python wrapper; one that
+    """A family whose compiled package fails to build is compiled with the Python wrapper; one that
     fails to compile at all runs eagerly; each says so and the service still starts."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # a cache of its own: a start records how its compile ended there
     runner = Runner({"shapes": BUILTIN_DIR / "shapes"}, device="cpu", fixed_batch=4, compile=True)

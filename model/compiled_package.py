@@ -1,0 +1,144 @@
+"""Compiled packages: a student network built ahead of time on a CPU (`torch.export`, then
+inductor's AOTInductor: C++ code, one shared library) and kept as one file in torch's compile
+cache folder.
+
+A package takes the network's weights as inputs, so the students of a family (one architecture,
+different weights) share one package, built once per call signature (which conditioning inputs are
+given, their shapes and dtypes: one batch shape, FEWSTEP_FIXED_BATCH rows). Loading a package takes
+milliseconds: `torch.compile` traces the network's Python again on every start, even when its
+compiled graph is in the cache (3-6 s a family on 2 cores), and calls its kernels through guards
+and Python (docs/benchmarks/service.md: the package's calls were 6-18% faster).
+
+The file's name is a hash of everything its code depends on: the versions of torch and diffusers,
+the source of this project's `model` package, the network's class and its weights' names, shapes
+and dtypes, the inputs' shapes and dtypes, the torch threads (inductor fixes the kernels' thread
+count) and inductor's vector-instruction setting. A package is written under a temporary name and
+renamed, so a service and its helper processes (service/precompile.py) never load half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .conditioning import Cond
+
+log = logging.getLogger("fewstep.package")
+FOLDER = "fewstep-packages"  # inside torch's compile cache folder (TORCHINDUCTOR_CACHE_DIR)
+COUNTS = {"built": 0, "loaded": 0}  # packages this process built and loaded from disk (for tests and logs)
+# The package's wrapper, the C++ that calls the kernels one after the other (and takes the weights
+# as inputs), is most of its build: `emoji`'s took 17-20 s at inductor's default -O1 and 8.5-9 s at
+# -O0, for a 4-step call no slower (docs/benchmarks/service.md); the kernels stay at -O3.
+PACKAGE_OPTIONS = {"aot_inductor.compile_wrapper_opt_level": "O0"}
+_LOADED: dict[Path, Callable] = {}  # packages loaded in this process: a family's students share theirs
+
+
+@lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """A hash of this project's model code and the libraries the exported graph comes from."""
+    import diffusers
+
+    digest = hashlib.sha256(f"{torch.__version__} {diffusers.__version__}".encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _spec(tensors: dict[str, torch.Tensor]) -> list:
+    return [[name, list(t.shape), str(t.dtype), t.device.type] for name, t in tensors.items()]
+
+
+def package_path(model: torch.nn.Module, weights: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> Path:
+    """Where the package for `model` called with `inputs` is kept (the module's docstring)."""
+    from torch._inductor import config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    key = json.dumps([_code_fingerprint(), f"{type(model).__module__}.{type(model).__qualname__}", _spec(weights), _spec(inputs),
+                      torch.get_num_threads(), config.cpp.vec_isa_ok])
+    return Path(cache_dir()) / FOLDER / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt2")
+
+
+class _Functional(torch.nn.Module):
+    """`model` called with its weights as inputs and its conditioning as plain tensors (what
+    torch.export takes)."""
+
+    def __init__(self, model: torch.nn.Module, fields: tuple[str, ...]):
+        super().__init__()
+        self.model, self.fields = model, fields
+
+    def forward(self, weights: dict[str, torch.Tensor], z: torch.Tensor, t: torch.Tensor, gamma: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.model, weights, (z, t, Cond(**dict(zip(self.fields, values))), gamma))
+
+
+def build(model: torch.nn.Module, weights: dict[str, torch.Tensor], fields: tuple[str, ...], args: tuple, path: Path) -> None:
+    """Export `model` for these arguments, build its package and write it to `path`."""
+    exported = torch.export.export(_Functional(model, fields), (weights, *args), strict=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.pt2")
+    os.close(fd)
+    try:
+        torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=dict(PACKAGE_OPTIONS))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    COUNTS["built"] += 1
+
+
+def load(path: Path) -> Callable:
+    """The package at `path`, loaded once per process (it holds no weights: students share it)."""
+    fn = _LOADED.get(path)
+    if fn is None:
+        fn = _LOADED[path] = torch._inductor.aoti_load_package(str(path))
+        COUNTS["loaded"] += 1
+    return fn
+
+
+class PackagedNetwork:
+    """A student called as the samplers call it, `network(z, t, cond, gamma)`, through its
+    compiled package: loaded from the cache folder, or built there on its first call with a new
+    signature. A package that cannot be loaded (a damaged file) is built again; a build that fails
+    raises (the service then compiles with torch.compile's Python wrapper, or runs eagerly)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.weights = {**dict(model.named_parameters()), **dict(model.named_buffers())}  # the model's own tensors, never copied
+        self._packages: dict[str, Callable] = {}  # signature -> loaded package
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
+        fields = tuple(name for name, value in vars(cond).items() if value is not None)
+        args = (z, t, gamma, *(getattr(cond, name) for name in fields))
+        inputs = dict(zip(("z", "t", "gamma", *fields), args))
+        signature = json.dumps(_spec(inputs))
+        package = self._packages.get(signature)
+        if package is None:
+            package = self._packages[signature] = self._package(fields, args, inputs)
+        return package(self.weights, *args)
+
+    def _package(self, fields: tuple[str, ...], args: tuple, inputs: dict[str, torch.Tensor]) -> Callable:
+        from torch._inductor import config
+
+        if config.force_disable_caches:  # nothing kept between processes: built in a folder of its own
+            path = Path(tempfile.mkdtemp(prefix="fewstep-package-")) / "network.pt2"
+        else:
+            path = package_path(self.model, self.weights, inputs)
+            if path.is_file():
+                try:
+                    return load(path)
+                except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: build it again
+                    log.warning("could not load the compiled package %s (%s: %s); building it again", path.name, type(exc).__name__, exc)
+        _LOADED.pop(path, None)
+        start = time.perf_counter()
+        build(self.model, self.weights, fields, args, path)
+        log.info("built the compiled package %s in %.1f s", path.name, time.perf_counter() - start)
+        return load(path)

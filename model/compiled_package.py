@@ -7,21 +7,27 @@ different weights) share one package, built once per call signature (which condi
 given, their shapes and dtypes: one batch shape, FEWSTEP_FIXED_BATCH rows). Loading a package takes
 milliseconds: `torch.compile` traces the network's Python again on every start, even when its
 compiled graph is in the cache (3-6 s a family on 2 cores), and calls its kernels through guards
-and Python (docs/benchmarks/service.md: the package's calls were 6-18% faster).
+and Python; the package's calls were no slower (docs/benchmarks/service.md).
 
 The file's name is a hash of everything its code depends on: the versions of torch and diffusers,
-the source of this project's `model` package, the network's class and its weights' names, shapes
-and dtypes, the inputs' shapes and dtypes, the torch threads (inductor fixes the kernels' thread
-count) and inductor's vector-instruction setting. A package is written under a temporary name and
-renamed, so a service and its helper processes (service/precompile.py) never load half a file.
+the source of this project's `model` package, the network's class and configuration (its
+architecture, and settings such as a diffusers schedule that the export bakes in), its weights'
+names, shapes, strides and dtypes, the same of its inputs (made contiguous), the torch threads
+(inductor fixes the kernels' thread count), inductor's vector-instruction setting and the CPU's
+instruction set as torch reports it (a cache folder shared between machines). A package is written
+under a temporary name and renamed, so a service and its helper processes (service/precompile.py)
+never load half a file; temporary files a killed build left behind are removed after an hour.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
+import platform
+import shutil
 import tempfile
 import time
 from functools import lru_cache
@@ -40,10 +46,13 @@ COUNTS = {"built": 0, "loaded": 0}  # packages this process built and loaded fro
 # -O0, for a 4-step call no slower (docs/benchmarks/service.md); the kernels stay at -O3.
 PACKAGE_OPTIONS = {"aot_inductor.compile_wrapper_opt_level": "O0"}
 _LOADED: dict[Path, Callable] = {}  # packages loaded in this process: a family's students share theirs
+_UNCACHED: dict[str, Path] = {}  # with inductor's caches disabled: this process's packages, in temporary folders
+TMP_SUFFIX = ".tmp.pt2"  # a package being written
+STALE_BUILD_S = 3600.0  # a temporary file this old belongs to no build still going on
 
 
 @lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
+def code_fingerprint() -> str:
     """A hash of this project's model code and the libraries the exported graph comes from."""
     import diffusers
 
@@ -54,7 +63,9 @@ def _code_fingerprint() -> str:
 
 
 def _spec(tensors: dict[str, torch.Tensor]) -> list:
-    return [[name, list(t.shape), str(t.dtype), t.device.type] for name, t in tensors.items()]
+    """What a package's code assumes of its tensors: it is generated for these shapes, strides,
+    dtypes and devices (not to be trusted to check them when called)."""
+    return [[name, list(t.shape), list(t.stride()), str(t.dtype), t.device.type] for name, t in tensors.items()]
 
 
 def package_path(model: torch.nn.Module, weights: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> Path:
@@ -62,8 +73,9 @@ def package_path(model: torch.nn.Module, weights: dict[str, torch.Tensor], input
     from torch._inductor import config
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    key = json.dumps([_code_fingerprint(), f"{type(model).__module__}.{type(model).__qualname__}", _spec(weights), _spec(inputs),
-                      torch.get_num_threads(), config.cpp.vec_isa_ok])
+    key = json.dumps([code_fingerprint(), f"{type(model).__module__}.{type(model).__qualname__}", getattr(model, "network_config", None),
+                      _spec(weights), _spec(inputs), torch.get_num_threads(), config.cpp.vec_isa_ok, platform.machine(),
+                      torch.backends.cpu.get_cpu_capability()], sort_keys=True, default=str)
     return Path(cache_dir()) / FOLDER / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt2")
 
 
@@ -83,15 +95,31 @@ def build(model: torch.nn.Module, weights: dict[str, torch.Tensor], fields: tupl
     """Export `model` for these arguments, build its package and write it to `path`."""
     exported = torch.export.export(_Functional(model, fields), (weights, *args), strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.pt2")
+    _remove_stale_builds(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=dict(PACKAGE_OPTIONS))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain file would be: a cache folder shared by users stays readable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     COUNTS["built"] += 1
+
+
+def _remove_stale_builds(folder: Path, older_than_s: float = STALE_BUILD_S) -> None:
+    """Remove temporary files of builds that ended without cleaning up (a helper process killed
+    mid-build) and are older than any build still going on could be."""
+    now = time.time()
+    for tmp in folder.glob("*" + TMP_SUFFIX):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
 
 
 def load(path: Path) -> Callable:
@@ -117,7 +145,7 @@ class PackagedNetwork:
     def __call__(self, z: torch.Tensor, t: torch.Tensor, cond: Cond, gamma: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
         fields = tuple(name for name, value in vars(cond).items() if value is not None)
-        args = (z, t, gamma, *(getattr(cond, name) for name in fields))
+        args = tuple(x.contiguous() for x in (z, t, gamma, *(getattr(cond, name) for name in fields)))  # the strides it was built for
         inputs = dict(zip(("z", "t", "gamma", *fields), args))
         signature = json.dumps(_spec(inputs))
         package = self._packages.get(signature)
@@ -128,15 +156,20 @@ class PackagedNetwork:
     def _package(self, fields: tuple[str, ...], args: tuple, inputs: dict[str, torch.Tensor]) -> Callable:
         from torch._inductor import config
 
-        if config.force_disable_caches:  # nothing kept between processes: built in a folder of its own
-            path = Path(tempfile.mkdtemp(prefix="fewstep-package-")) / "network.pt2"
-        else:
-            path = package_path(self.model, self.weights, inputs)
-            if path.is_file():
-                try:
-                    return load(path)
-                except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: build it again
-                    log.warning("could not load the compiled package %s (%s: %s); building it again", path.name, type(exc).__name__, exc)
+        path = package_path(self.model, self.weights, inputs)
+        if config.force_disable_caches:  # nothing kept between processes: this process's students still share one
+            if path.name not in _UNCACHED:
+                folder = tempfile.mkdtemp(prefix="fewstep-package-")
+                atexit.register(shutil.rmtree, folder, True)
+                _UNCACHED[path.name] = Path(folder) / path.name
+            path = _UNCACHED[path.name]
+            if path in _LOADED:
+                return _LOADED[path]
+        elif path.is_file():
+            try:
+                return load(path)
+            except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: build it again
+                log.warning("could not load the compiled package %s (%s: %s); building it again", path.name, type(exc).__name__, exc)
         _LOADED.pop(path, None)
         start = time.perf_counter()
         build(self.model, self.weights, fields, args, path)

@@ -12,7 +12,7 @@ With `compile`, the networks are compiled for the one shape the worker calls the
 Students share one compiled network: they differ in weights only. On a CPU each family's network
 is built ahead of time into a compiled package (AOTInductor, C++; model/compiled_package.py) kept
 in torch's compile cache folder: a later start loads it in milliseconds, where torch.compile traces
-the network's Python again on every start, and its calls are faster (docs/benchmarks/service.md).
+the network's Python again on every start, and its calls are no slower (docs/benchmarks/service.md).
 `cpp_wrapper=False`, or a package that fails to build, compiles with `torch.compile` and inductor's
 Python wrapper instead. On a GPU the networks run under `torch.compile`; `compile_mode=
 "reduce-overhead"` adds CUDA graphs (a graph replays a network's kernels with one launch). Their

@@ -6,6 +6,8 @@ build in seconds."""
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import pytest
 import torch
@@ -69,6 +71,10 @@ def test_students_share_one_package_and_keep_their_own_weights(cache):
     torch.testing.assert_close(out_a, a(*args))
     torch.testing.assert_close(out_b, b(*args))  # not the weights the package was built with
     assert (out_a - out_b).abs().max() > 0.1
+    z, t, cond, gamma = args
+    strided = z.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, other strides
+    torch.testing.assert_close(PackagedNetwork(a)(strided, t, cond, gamma), out_a)
+    assert compiled_package.COUNTS["built"] == 1  # made contiguous: the same package
 
 
 @torch.no_grad()
@@ -85,10 +91,17 @@ def test_a_later_process_loads_the_package_a_new_signature_builds_another(cache,
 
 
 @torch.no_grad()
-def test_a_damaged_package_is_built_again(cache, monkeypatch, caplog):
+def test_a_damaged_package_is_built_again_and_old_leftovers_removed(cache, monkeypatch, caplog):
     PackagedNetwork(Tiny(0))(*inputs())
     [path] = cache.glob("*.pt2")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file the user writes, not only by its builder
     path.write_bytes(b"not a package")
+    stale, fresh = cache / ("old" + compiled_package.TMP_SUFFIX), cache / ("new" + compiled_package.TMP_SUFFIX)  # a killed build's, one going on
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"half a package")
+    os.utime(stale, (time.time() - 2 * compiled_package.STALE_BUILD_S,) * 2)
     forget_loaded(monkeypatch)
     net = Tiny(3)
     with caplog.at_level(logging.WARNING, logger="fewstep.package"):
@@ -96,6 +109,18 @@ def test_a_damaged_package_is_built_again(cache, monkeypatch, caplog):
     assert f"could not load the compiled package {path.name}" in caplog.text
     torch.testing.assert_close(out, net(*inputs()))
     assert compiled_package.COUNTS["built"] == 2 and path.stat().st_size > 1000
+    assert not stale.exists() and fresh.exists()
+
+
+@torch.no_grad()
+def test_with_inductor_caches_disabled_students_still_share_one_package(cache, monkeypatch):
+    from torch._inductor import config
+
+    monkeypatch.setattr(config, "force_disable_caches", True)
+    a, b = Tiny(0), Tiny(1)
+    torch.testing.assert_close(PackagedNetwork(a)(*inputs()), a(*inputs()))
+    torch.testing.assert_close(PackagedNetwork(b)(*inputs()), b(*inputs()))
+    assert compiled_package.COUNTS == {"built": 1, "loaded": 1} and not cache.exists()  # nothing kept in the cache folder
 
 
 def test_the_package_name_follows_what_its_code_depends_on(cache):
@@ -108,6 +133,12 @@ def test_the_package_name_follows_what_its_code_depends_on(cache):
     assert package_path(net, weights, {**ins, "z": z[:2]}) != name  # another batch shape
     assert package_path(net, weights, {**ins, "z": z.double()}) != name  # another dtype
     assert package_path(net, {**weights, "conv.weight": torch.zeros(3, 3, 5, 5)}, ins) != name  # another architecture
+    assert package_path(net, weights, {**ins, "z": z.transpose(2, 3)}) != name  # other strides
+    net.network_config = {"gamma_scale": 2.0}  # a setting that changes the graph, not the weights
+    configured = package_path(net, weights, ins)
+    net.network_config = {"gamma_scale": 4.0}
+    assert configured != name and package_path(net, weights, ins) != configured
+    del net.network_config
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # inductor fixes the kernels' thread count
     try:

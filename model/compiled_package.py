@@ -30,6 +30,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -46,7 +47,6 @@ COUNTS = {"built": 0, "loaded": 0}  # packages this process built and loaded fro
 # -O0, for a 4-step call no slower (docs/benchmarks/service.md); the kernels stay at -O3.
 PACKAGE_OPTIONS = {"aot_inductor.compile_wrapper_opt_level": "O0"}
 _LOADED: dict[Path, Callable] = {}  # packages loaded in this process: a family's students share theirs
-_UNCACHED: dict[str, Path] = {}  # with inductor's caches disabled: this process's packages, in temporary folders
 TMP_SUFFIX = ".tmp.pt2"  # a package being written
 STALE_BUILD_S = 3600.0  # a temporary file this old belongs to no build still going on
 
@@ -68,15 +68,26 @@ def _spec(tensors: dict[str, torch.Tensor]) -> list:
     return [[name, list(t.shape), list(t.stride()), str(t.dtype), t.device.type] for name, t in tensors.items()]
 
 
+@lru_cache(maxsize=1)
+def _process_folder() -> Path:
+    """Where this process keeps its packages when inductor's caches are disabled (removed at exit)."""
+    folder = tempfile.mkdtemp(prefix="fewstep-packages-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Path(folder)
+
+
 def package_path(model: torch.nn.Module, weights: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> Path:
-    """Where the package for `model` called with `inputs` is kept (the module's docstring)."""
+    """Where the package for `model` called with `inputs` is kept (the module's docstring): the
+    compile cache folder, or with inductor's caches disabled a folder of this process's own (its
+    students still share one package)."""
     from torch._inductor import config
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
     key = json.dumps([code_fingerprint(), f"{type(model).__module__}.{type(model).__qualname__}", getattr(model, "network_config", None),
                       _spec(weights), _spec(inputs), torch.get_num_threads(), config.cpp.vec_isa_ok, platform.machine(),
                       torch.backends.cpu.get_cpu_capability()], sort_keys=True, default=str)
-    return Path(cache_dir()) / FOLDER / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt2")
+    folder = _process_folder() if config.force_disable_caches else Path(cache_dir()) / FOLDER
+    return folder / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt2")
 
 
 class _Functional(torch.nn.Module):
@@ -96,17 +107,12 @@ def build(model: torch.nn.Module, weights: dict[str, torch.Tensor], fields: tupl
     exported = torch.export.export(_Functional(model, fields), (weights, *args), strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=TMP_SUFFIX)
-    os.close(fd)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")  # written as any file the user writes
     try:
-        torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=dict(PACKAGE_OPTIONS))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as a plain file would be: a cache folder shared by users stays readable
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=dict(PACKAGE_OPTIONS))
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     COUNTS["built"] += 1
 
 
@@ -146,31 +152,19 @@ class PackagedNetwork:
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device)
         fields = tuple(name for name, value in vars(cond).items() if value is not None)
         args = tuple(x.contiguous() for x in (z, t, gamma, *(getattr(cond, name) for name in fields)))  # the strides it was built for
-        inputs = dict(zip(("z", "t", "gamma", *fields), args))
-        signature = json.dumps(_spec(inputs))
+        signature = (fields, *((x.shape, x.dtype, x.device) for x in args))  # contiguous: the shape gives the strides
         package = self._packages.get(signature)
         if package is None:
-            package = self._packages[signature] = self._package(fields, args, inputs)
+            package = self._packages[signature] = self._package(fields, args)
         return package(self.weights, *args)
 
-    def _package(self, fields: tuple[str, ...], args: tuple, inputs: dict[str, torch.Tensor]) -> Callable:
-        from torch._inductor import config
-
-        path = package_path(self.model, self.weights, inputs)
-        if config.force_disable_caches:  # nothing kept between processes: this process's students still share one
-            if path.name not in _UNCACHED:
-                folder = tempfile.mkdtemp(prefix="fewstep-package-")
-                atexit.register(shutil.rmtree, folder, True)
-                _UNCACHED[path.name] = Path(folder) / path.name
-            path = _UNCACHED[path.name]
-            if path in _LOADED:
-                return _LOADED[path]
-        elif path.is_file():
+    def _package(self, fields: tuple[str, ...], args: tuple) -> Callable:
+        path = package_path(self.model, self.weights, dict(zip(("z", "t", "gamma", *fields), args)))
+        if path in _LOADED or path.is_file():
             try:
                 return load(path)
             except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: build it again
                 log.warning("could not load the compiled package %s (%s: %s); building it again", path.name, type(exc).__name__, exc)
-        _LOADED.pop(path, None)
         start = time.perf_counter()
         build(self.model, self.weights, fields, args, path)
         log.info("built the compiled package %s in %.1f s", path.name, time.perf_counter() - start)

@@ -44,8 +44,10 @@ FOLDER = "fewstep-packages"  # inside torch's compile cache folder (TORCHINDUCTO
 COUNTS = {"built": 0, "loaded": 0}  # packages this process built and loaded from disk (for tests and logs)
 # The package's wrapper, the C++ that calls the kernels one after the other (and takes the weights
 # as inputs), is most of its build: `emoji`'s took 17-20 s at inductor's default -O1 and 8.5-9 s at
-# -O0, for a 4-step call no slower (docs/benchmarks/service.md); the kernels stay at -O3.
-PACKAGE_OPTIONS = {"aot_inductor.compile_wrapper_opt_level": "O0"}
+# -O0, for a 4-step call no slower (docs/benchmarks/service.md); the kernels stay at -O3. No
+# precompiled headers: inductor builds them once per machine (about 10 s on 2 cores, in each process
+# that builds a package at the same time), which then spare each build 1-2 s.
+PACKAGE_OPTIONS = {"aot_inductor.compile_wrapper_opt_level": "O0", "aot_inductor.precompile_headers": False}
 _LOADED: dict[Path, Callable] = {}  # packages loaded in this process: a family's students share theirs
 TMP_SUFFIX = ".tmp.pt2"  # a package being written
 STALE_BUILD_S = 3600.0  # a temporary file this old belongs to no build still going on

@@ -45,8 +45,8 @@ COUNTS = {"built": 0, "loaded": 0}  # packages this process built and loaded fro
 # The package's wrapper, the C++ that calls the kernels one after the other (and takes the weights
 # as inputs), is most of its build: `emoji`'s took 17-20 s at inductor's default -O1 and 8.5-9 s at
 # -O0, for a 4-step call no slower (docs/benchmarks/service.md); the kernels stay at -O3. No
-# precompiled headers: inductor builds them once per machine (about 10 s on 2 cores, in each process
-# that builds a package at the same time), which then spare each build 1-2 s.
+# precompiled headers: inductor builds them once per machine under the temporary folder (about 10 s
+# of a new machine's first build on 2 cores), and they then spare each later build 1-3 s.
 PACKAGE_OPTIONS = {"aot_inductor.compile_wrapper_opt_level": "O0", "aot_inductor.precompile_headers": False}
 _LOADED: dict[Path, Callable] = {}  # packages loaded in this process: a family's students share theirs
 TMP_SUFFIX = ".tmp.pt2"  # a package being written

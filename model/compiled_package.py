@@ -64,6 +64,16 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def build_environment() -> list:
+    """What compiled code depends on beyond the network and its inputs: this project's model code
+    and the libraries (`code_fingerprint`), inductor's vector-instruction setting (on this thread),
+    and the CPU: its architecture and the instruction set torch reports (a cache folder shared
+    between machines)."""
+    from torch._inductor import config
+
+    return [code_fingerprint(), config.cpp.vec_isa_ok, platform.machine(), torch.backends.cpu.get_cpu_capability()]
+
+
 def _spec(tensors: dict[str, torch.Tensor]) -> list:
     """What a package's code assumes of its tensors: it is generated for these shapes, strides,
     dtypes and devices (not to be trusted to check them when called)."""
@@ -85,9 +95,8 @@ def package_path(model: torch.nn.Module, weights: dict[str, torch.Tensor], input
     from torch._inductor import config
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    key = json.dumps([code_fingerprint(), f"{type(model).__module__}.{type(model).__qualname__}", getattr(model, "network_config", None),
-                      _spec(weights), _spec(inputs), torch.get_num_threads(), config.cpp.vec_isa_ok, platform.machine(),
-                      torch.backends.cpu.get_cpu_capability()], sort_keys=True, default=str)
+    key = json.dumps([build_environment(), f"{type(model).__module__}.{type(model).__qualname__}", getattr(model, "network_config", None),
+                      _spec(weights), _spec(inputs), torch.get_num_threads()], sort_keys=True, default=str)
     folder = _process_folder() if config.force_disable_caches else Path(cache_dir()) / FOLDER
     return folder / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".pt2")
 

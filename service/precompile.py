@@ -48,17 +48,13 @@ def _record(command: list[str]) -> Path:
     import hashlib
     import json
 
-    import torch
-    from torch._inductor import config
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    from model.compiled_package import code_fingerprint
+    from model.compiled_package import build_environment
 
     args = command[command.index("service.compile_helper") + 1:]  # the family's folder, then its options
-    # what a compile's cache entries depend on beyond its arguments: the model code and libraries, the trusted vector
-    # instructions (on this thread) and the CPU's, as the compiled packages' names do
-    key = json.dumps([args, torch.__version__, code_fingerprint(), (Path(args[0]) / "family.json").read_text(), config.cpp.vec_isa_ok,
-                      torch.backends.cpu.get_cpu_capability()])
+    # what a compile's output depends on beyond its arguments, as the compiled packages' names say
+    key = json.dumps([args, (Path(args[0]) / "family.json").read_text(), build_environment()])
     return Path(cache_dir()) / "fewstep-compiled" / hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto: cuda when there is one, else cpu
     dtype: str = "auto"  # auto: float16 on cuda, float32 on cpu
     torch_threads: int | None = Field(default=None, ge=1)
-    compile: bool = True  # torch.compile the networks for the fixed batch shape during warm-up (FEWSTEP_COMPILE=0: eager)
+    compile: bool = True  # compile the networks for the fixed batch shape during warm-up (FEWSTEP_COMPILE=0: eager)
     cpp_wrapper: bool = True  # on a CPU, compile each family into a compiled package (C++, loaded in ms by later starts); 0: torch.compile, Python wrapper
     compile_processes: int | None = Field(default=None, ge=1)  # on a CPU, families compiled at once during warm-up, in helper processes (default: the cores; 1: one after the other)
     cuda_graphs: bool = False  # on a CUDA device, compile with CUDA graphs (torch.compile mode "reduce-overhead"); ignored elsewhere

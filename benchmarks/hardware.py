@@ -18,6 +18,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all cores) a process and its children that it has waited for
+    used so far, from Linux's /proc; NaN where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # after the command's name: state is field 3 of stat(5); utime, stime, cutime, cstime are 14-17
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def describe(device: str | None = None) -> str:
     """'Linux ..., <CPU model>, 16 cores, Python 3.x, torch 2.x, device cpu' (or the GPU's name)."""
     import torch

@@ -76,7 +76,9 @@ def test_imagefolder_with_a_broken_image(tmp_path):
     assert not (tmp_path / "out" / "recipe.json").exists() and not (tmp_path / "out" / "teacher").exists()
 
 
-SMALL = ["--set", "teacher.steps=3", "--set", "stage1.steps=2", "--set", "distill.steps=1", "--set", "stochastic.steps=1", "--set", "distill_start_steps=8", "--set", "stochastic_steps=[4, 2]", "--set", "evaluation.evaluator_steps=60"]
+SMALL = ["--set", "teacher.steps=3", "--set", "stage1.steps=2", "--set", "distill.steps=1", "--set", "stochastic.steps=1", "--set", "distill_start_steps=8", "--set", "stochastic_steps=[4, 2]", "--set", "evaluation.evaluator_steps=60",
+         # every kind of row, each with fewer network calls (the recipe's 256-step reference took half the test's time)
+         "--set", "evaluation.reference_steps=16", "--set", "evaluation.teacher_steps=[1, 2]", "--set", "evaluation.stage1_steps=2"]
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def _class_label(info: FamilyInfo, label: int | str | None) -> int | None:
         raise InvalidRequest(f"model {info.family!r} takes no class labels", "class_label")
     if isinstance(label, str):
         key = label.strip().lower()
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit() and len(key) <= 9):  # "²" is a digit to isdigit(), not to int()
             index = {n.lower(): i for i, n in enumerate(names)}
             if key not in index:
                 raise InvalidRequest(f"unknown class {label!r}; classes of {info.family!r}: {names}", "class_label")

@@ -42,11 +42,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from model.files import CheckpointError
+
     from .app import create_app
 
     try:
         app = create_app(settings, redis_url=redis_url, workers=args.workers)
-    except (LookupError, ValueError, OSError) as exc:
+    except (LookupError, ValueError, OSError, CheckpointError) as exc:  # a family folder that cannot be read, say why
         print(f"error: {exc}", file=sys.stderr)
         if embedded:
             embedded.close()

@@ -8,6 +8,7 @@ parses into its exceptions. Validation errors there are 400s, as OpenAI answers 
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -31,8 +32,23 @@ def is_openai(path: str) -> bool:
     return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
 
 
+def json_safe(value):
+    """`value` as a JSON answer can carry it: an error may echo what the client sent, and JSON's
+    parser accepts what its writer refuses (NaN, 1e999 as infinity, a lone surrogate's escape)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def error_response(path: str, status: int, detail, *, param: str | None = None, code: str | None = None, headers: dict | None = None) -> JSONResponse:
     """The error answer for a request to `path` in its API family's shape."""
+    detail, param = json_safe(detail), json_safe(param)
     if not is_openai(path):
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
     kind = "server_error" if status >= 500 else "rate_limit_error" if status == 429 else "invalid_request_error"
@@ -51,7 +67,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = jsonable_encoder(exc.errors())
+    errors = json_safe(jsonable_encoder(exc.errors()))
     if not is_openai(request.url.path):
         return JSONResponse({"detail": errors}, status_code=422)
     message = "; ".join(f"{_field(e.get('loc', ())) or 'body'}: {e.get('msg', '')}" for e in errors)

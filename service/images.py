@@ -46,6 +46,7 @@ def open_image(data: bytes, field: str, max_bytes: int, max_side: int) -> Image.
             if width > max_side or height > max_side:
                 raise ImageError(f"{field} is {width}x{height}; the largest accepted side is {max_side} pixels", status=413, field=field)
             image.load()
+            image = _eight_bit(image, field)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -54,6 +55,19 @@ def open_image(data: bytes, field: str, max_bytes: int, max_side: int) -> Image.
         raise ImageError(f"{field} is not a readable image ({type(exc).__name__})", field=field) from None
     if width < 1 or height < 1:
         raise ImageError(f"{field} is empty", field=field)
+    return image
+
+
+def _eight_bit(image: Image.Image, field: str) -> Image.Image:
+    """The image in a mode of 8 bits per channel that converts to RGB and greyscale, as the
+    models read images: 16-bit greyscale (PNG, TIFF) scaled to 8 bits, where Pillow's own
+    conversion would clip it at 255 (a nearly white image); colour spaces Pillow converts
+    wrongly or not at all (LAB, HSV) refused with a reason."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        levels = np.asarray(image.convert("I"), dtype=np.int64) if image.mode != "I" else np.asarray(image, dtype=np.int64)
+        return Image.fromarray(((np.clip(levels, 0, 65535) + 128) // 257).astype(np.uint8), "L")
+    if image.mode not in ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "F"):
+        raise ImageError(f"{field} is in the colour mode {image.mode}; send an RGB, RGBA or greyscale image", status=415, field=field)
     return image
 
 

@@ -52,7 +52,8 @@ def read_settings(data: bytes) -> dict:
         raise ImageError("the PNG carries no fewstep settings (it was not made by this service, or its text chunks were stripped)", status=422, field="image")
     try:
         settings = json.loads(raw)
-    except ValueError:
+        json.dumps(settings, allow_nan=False, ensure_ascii=False).encode("utf-8")  # what the answer will carry
+    except (ValueError, RecursionError):  # UnicodeEncodeError (a lone surrogate) is a ValueError too
         raise ImageError("the PNG's fewstep settings are not valid JSON", status=422, field="image") from None
     if not isinstance(settings, dict):
         raise ImageError("the PNG's fewstep settings are not a JSON object", status=422, field="image")

@@ -45,6 +45,8 @@ async def _sync(request: Request, state: StateDep, endpoint: str, body: Sampling
     if fmt is not None:
         if body.n != 1:
             raise HTTPException(406, f"Accept: image/{fmt} returns one image; ask for n=1 or accept application/json")
+        if isinstance(body.guidance, list) and len(body.guidance) > 1:
+            raise HTTPException(406, f"Accept: image/{fmt} returns one image and a guidance sweep draws one per value; accept application/json")
         body.format = fmt
     job = build_job(endpoint, body, state.registry.info(body.model, prompt=by_prompt(body)), state.settings, deadline_s=state.settings.request_timeout_s)
     return render(await run_job(request, state, job), fmt)

@@ -6,11 +6,25 @@ is checked in one place, `model.validation.check_request`, when the job is built
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .contract import Endpoint, Format
+
+
+def utf8_text(value: str) -> str:
+    """Text UTF-8 can carry. JSON's escapes can spell a lone UTF-16 surrogate ("\\ud800"), which
+    Python decodes into a string that the tokenizer, Redis and the JSON answer cannot encode."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"holds a lone UTF-16 surrogate at character {exc.start}: not text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(utf8_text)]
 
 
 class Sampling(BaseModel):
@@ -18,7 +32,7 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, description="model family; default: the built-in one")
+    model: Text | None = Field(default=None, description="model family; default: the built-in one")
     guidance: float | list[float] | None = Field(
         default=None,
         description="guidance weight gamma, within the family's trained range; a list of up to 8 values is a guidance sweep: one image per value, all from one seed (n = 1), in one batch",
@@ -34,8 +48,8 @@ class Conditioned(Sampling):
     """At most one of a class label (id or name) and a prompt: exactly one for a conditional
     model, neither for an unconditional one (model/validation.py)."""
 
-    class_label: int | str | None = Field(default=None, description="class id or name")
-    prompt: str | None = None
+    class_label: int | Text | None = Field(default=None, description="class id or name")
+    prompt: Text | None = None
 
 
 class GenerateBody(Conditioned):
@@ -43,17 +57,17 @@ class GenerateBody(Conditioned):
 
 
 class Txt2ImgBody(Sampling):
-    prompt: str
+    prompt: Text
 
 
 class Img2ImgBody(Conditioned):
-    image: str = Field(description="base64 image (or a data: URL)")
+    image: Text = Field(description="base64 image (or a data: URL)")
     strength: float = Field(default=0.6, description="in (0, 1]: 1 ignores the image; small values change it little")
 
 
 class InpaintBody(Conditioned):
-    image: str = Field(description="base64 image")
-    mask: str = Field(description="base64 image of the same size; white = repaint")
+    image: Text = Field(description="base64 image")
+    mask: Text = Field(description="base64 image of the same size; white = repaint")
 
 
 BODIES: dict[str, type[Sampling]] = {"generate": GenerateBody, "txt2img": Txt2ImgBody, "img2img": Img2ImgBody, "inpaint": InpaintBody}
@@ -62,7 +76,7 @@ BODIES: dict[str, type[Sampling]] = {"generate": GenerateBody, "txt2img": Txt2Im
 class PngInfoBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: str = Field(description="base64 PNG (or a data: URL) that this service returned")
+    image: Text = Field(description="base64 PNG (or a data: URL) that this service returned")
 
 
 class JobBody(BaseModel):
@@ -70,7 +84,7 @@ class JobBody(BaseModel):
 
     endpoint: Endpoint
     request: dict = Field(description="the body the endpoint takes")
-    webhook: str | None = Field(default=None, max_length=2048, description="URL the result is POSTed to when the job ends (a host the service allows; signed)")
+    webhook: Text | None = Field(default=None, max_length=2048, description="URL the result is POSTed to when the job ends (a host the service allows; signed)")
 
 
 class OpenAIGenerationBody(BaseModel):
@@ -78,10 +92,10 @@ class OpenAIGenerationBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str
-    model: str | None = None
+    prompt: Text
+    model: Text | None = None
     n: int = Field(default=1, ge=1, le=8)
-    size: str | None = None
+    size: Text | None = None
     response_format: Literal["b64_json", "url"] | None = None
     output_format: Format | None = None
     stream: bool = False  # OpenAI's image event stream, with partial_images previews

@@ -56,11 +56,18 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=1.0, ge=0)  # before the second try; doubles after each
     webhook_timeout_s: float = Field(default=10.0, gt=0)
 
-    log_level: str = "info"
+    log_level: str = "info"  # debug, info, warning, error or critical (any case)
 
     # fault injection, for tests and soak runs only
     test_batch_delay_s: float = Field(default=0.0, ge=0)  # every batch takes this much longer (a slow worker)
     test_crash_prompt: str | None = None  # a worker that draws this prompt exits at once (a request that kills its worker)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.strip().lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"log level {value!r} is not one of debug, info, warning, error, critical")
+        return value.strip().lower()
 
     @field_validator("api_key", "webhook_secret", "redis_url", "models_dir", "fixed_batch", "torch_threads", "compile_processes", mode="before")
     @classmethod

@@ -45,6 +45,8 @@ def check_webhook(url: str, settings: Settings) -> str:
         raise InvalidRequest("webhook is not a valid URL", "webhook") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("webhook must be an http:// or https:// URL with a host", "webhook")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InvalidRequest("webhook must not contain spaces or control characters (percent-encode them)", "webhook")
     if parts.username or parts.password:
         raise InvalidRequest("webhook must not carry credentials in its URL", "webhook")
     host = parts.hostname.lower()
@@ -84,6 +86,9 @@ async def deliver(url: str, body: dict, settings: Settings) -> bool:
                 problem = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
                 problem = type(exc).__name__
+            except httpx.InvalidURL as exc:  # no try would do better (URLs are checked when the job is created)
+                problem = f"InvalidURL: {exc}"
+                break
             if attempt < settings.webhook_attempts:
                 log.info("webhook of job %s: try %d failed (%s); retrying in %.1fs", body.get("id"), attempt, problem, backoff)
                 await asyncio.sleep(backoff)

@@ -453,14 +453,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service.worker", description="Run one fewstep worker against REDIS_URL.")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve this worker's Prometheus metrics on this port")
     args = parser.parse_args(argv)
-    settings = Settings()
+    from pydantic import ValidationError
+
+    from model.files import CheckpointError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise SystemExit(f"error: bad settings in the environment:\n{exc}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # uvloop (uvicorn[standard]), as the API process runs under uvicorn: a faster event loop
         import uvloop
     except ImportError:
-        asyncio.run(_main(settings, args.metrics_port))
+        run = asyncio.run
     else:
-        uvloop.run(_main(settings, args.metrics_port))
+        run = uvloop.run
+    try:
+        run(_main(settings, args.metrics_port))
+    except (LookupError, CheckpointError) as exc:  # no family, or one whose folder cannot be read: say which
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

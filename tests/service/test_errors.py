@@ -62,6 +62,30 @@ def test_bad_input_is_a_clear_4xx(service, path, body, status, message):
     assert message in r.text
 
 
+# Bodies as sent on the wire: JSON's parser takes NaN, 1e999 (infinity) and a lone surrogate's
+# escape, which no JSON answer can carry back, nor Redis, nor the tokenizer
+RAW = [
+    ("/v1/generate", '{"class_label": 1, "seed": NaN}', 422, "seed"),
+    ("/v1/generate", '{"class_label": 1, "steps": 1e999}', 422, "steps"),
+    ("/v1/txt2img", '{"prompt": 1e999}', 422, "prompt"),
+    ("/v1/jobs", '{"endpoint": NaN, "request": {}}', 422, "endpoint"),
+    ("/v1/txt2img", '{"prompt": "a red \\ud800 circle"}', 422, "surrogate"),
+    ("/v1/generate", '{"class_label": "\\udfff"}', 422, "surrogate"),
+    ("/v1/generate", '{"class_label": 1, "format": "\\ud800"}', 422, "format"),
+    ("/v1/images/generations", '{"prompt": "a red \\ud800 circle"}', 400, "surrogate"),
+    ("/v1/txt2img", '{"prompt": "a red circle \\ud83d\\ude00"}', 200, ""),  # a surrogate pair is an emoji: text
+    ("/v1/generate", '{"class_label": "\u00b2"}', 422, "unknown class"),  # a digit to str.isdigit, not to int
+    ("/v1/generate", '{"class_label": "' + "1" * 5000 + '"}', 422, "unknown class"),
+]
+
+
+@pytest.mark.parametrize("path,text,status,message", RAW)
+def test_bodies_json_cannot_answer_with_are_a_clear_4xx(service, path, text, status, message):
+    r = httpx.post(service.url + path, content=text.encode(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == status, r.text[:500]
+    assert message in r.text and r.json()  # an answer that parses
+
+
 def test_body_over_the_cap_is_refused_before_parsing(service):
     r = httpx.post(service.url + "/v1/img2img", content=b"{" + b" " * (9 * 2**20) + b"}", headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 413
@@ -76,6 +100,26 @@ def test_malformed_json(service):
 def test_accept_image_with_several_images_is_406(service):
     r = httpx.post(service.url + "/v1/generate", json={"class_label": 1, "n": 2}, headers={"Accept": "image/png"})
     assert r.status_code == 406 and "n=1" in r.json()["detail"]
+    r = httpx.post(service.url + "/v1/generate", json={"class_label": 1, "guidance": [0, 1, 4]}, headers={"Accept": "image/png"})
+    assert r.status_code == 406 and "sweep" in r.json()["detail"]  # not the first of three images, the others dropped
+
+
+def test_uploads_in_colour_modes_without_a_conversion_are_refused(service):
+    lab = io.BytesIO()
+    Image.new("LAB", source_image().size, (50, 10, 10)).save(lab, "TIFF")
+    r = httpx.post(service.url + "/v1/inpaint", json={"prompt": "a red circle", "image": IMG, "mask": base64.b64encode(lab.getvalue()).decode()}, timeout=30)
+    assert r.status_code == 415 and "colour mode LAB" in r.json()["detail"]
+
+
+def test_a_16_bit_greyscale_upload_is_read_at_its_grey_level():
+    import numpy as np
+
+    from service.images import open_image
+
+    grey = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16)).save(grey, "PNG")  # mid-grey in 16 bits
+    rgb = np.asarray(open_image(grey.getvalue(), "image", 2**20, 2048).convert("RGB"))
+    assert abs(rgb.mean() - 128) < 1  # Pillow's own conversion clips it to 255: white
 
 
 def openai_error(r: httpx.Response) -> dict:

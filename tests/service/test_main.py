@@ -60,6 +60,20 @@ def test_bad_settings_are_a_clear_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), FEWSTEP_DEFAULT_MODEL="nope")
     proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "default model 'nope' not found" in proc.stderr and "Traceback" not in proc.stderr
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEWSTEP_LOG_LEVEL="verbose")
+    proc = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "log level 'verbose'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "service.worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and "log level 'verbose'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_family_folder_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "family.json").write_text("{not json")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FEWSTEP_MODELS_DIR=str(tmp_path), REDIS_URL="redis://127.0.0.1:1")
+    for command in (["service"], ["service.worker"]):
+        proc = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode != 0 and "broken/family.json is not valid JSON" in proc.stderr and "Traceback" not in proc.stderr, (command, proc.stderr[-2000:])
 
 
 def _alive(pid: int) -> bool:

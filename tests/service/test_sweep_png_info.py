@@ -57,6 +57,17 @@ def test_png_settings_round_trip_through_png_info(service):
         assert Image.open(io.BytesIO(base64.b64decode(image))).text["seed"] == str(body["seed"])  # plain chunks too
 
 
+def _with_settings(text: bytes) -> str:
+    """A PNG whose fewstep text chunk holds `text` (base64)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("fewstep", text.decode("latin-1"))
+    buf = io.BytesIO()
+    source_image().save(buf, "PNG", pnginfo=info)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 def test_png_info_refuses_what_it_cannot_read(service):
     jpeg = io.BytesIO()
     source_image().save(jpeg, "JPEG")
@@ -65,6 +76,9 @@ def test_png_info_refuses_what_it_cannot_read(service):
         (png_b64(source_image()), 422),  # a PNG without settings
         (base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"junk" * 10).decode(), 422),  # a broken PNG
         ("A" * (6 * 2**20), 413),  # over the upload cap, refused before decoding
+        (_with_settings(b"[" * 50000 + b"]" * 50000), 422),  # nested too deep for the JSON parser
+        (_with_settings(b'{"prompt": "\\ud800"}'), 422),  # a lone surrogate: no answer could carry it
+        (_with_settings(b'{"guidance": NaN}'), 422),
     ]
     for image, status in cases:
         r = httpx.post(service.url + "/v1/png-info", json={"image": image}, timeout=60)

@@ -91,6 +91,8 @@ def test_a_receiver_that_fails_twice_gets_the_signed_result_on_the_third_try(hoo
         ("ftp://127.0.0.1/hook", "http:// or https://"),
         ("http://user:pw@127.0.0.1/hook", "credentials"),
         ("not a url", "http:// or https://"),
+        ("http://127.0.0.1/a\u0001b", "control characters"),  # once accepted, then refused by httpx at each delivery
+        ("http://127.0.0.1/a b", "spaces"),
     ],
 )
 def test_refused_hosts_get_a_4xx_at_job_creation(hooked_service, url, needle):

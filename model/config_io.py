@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -15,6 +16,44 @@ class ConfigError(ValueError):
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether `value`, as read from JSON, fits the field type `hint`: numbers, strings, booleans,
+    None, literals, and tuples, lists and dicts of them. Types this reader does not know are left to
+    the dataclass's own checks."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            return all(fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
@@ -35,6 +74,9 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         value, hint = data[name], hints[name]
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, f"{where}.{name}")
+        elif not fits(value, hint):
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            raise ConfigError(f"{where}.{name}: expected {_type_name(hint)}, got {shown}")
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

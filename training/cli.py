@@ -15,6 +15,17 @@ from .loop import Interrupted, StopSignals
 from .recipes import RECIPES, get_recipe
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description="Train a guided diffusion teacher and distill it into 1-8 step students.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
     ev = sub.add_parser("evaluate", help="evaluate a model family; writes DIR/metrics.json")
     ev.add_argument("dir", type=Path)
-    ev.add_argument("--samples", type=int, help="samples per row (default: the recipe's)")
-    ev.add_argument("--repeats", type=int, help="independent seed sets per row (default: the recipe's)")
+    ev.add_argument("--samples", type=positive, help="samples per row (default: the recipe's)")
+    ev.add_argument("--repeats", type=positive, help="independent seed sets per row (default: the recipe's)")
     ev.add_argument("--fresh", action="store_true", help="start over instead of continuing a killed evaluation from its finished rows")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")
     ev.add_argument("--reuse-teacher-rows", action="store_true", help="take the teacher's rows from DIR/metrics.json of an earlier evaluation (same teacher, samples, repeats) and sample only the students")
@@ -39,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("sample", help="write a PNG grid of samples from a family's distilled students")
     sm.add_argument("dir", type=Path)
     sm.add_argument("--out", type=Path, default=Path("samples.png"))
-    sm.add_argument("--steps", type=int, default=4)
+    sm.add_argument("--steps", type=positive, default=4)
     sm.add_argument("--guidance", type=float, default=1.0, help="gamma (0: conditional, no guidance)")
     sm.add_argument("--stochastic", action="store_true")
     sm.add_argument("--prompt")
     sm.add_argument("--class", dest="class_name", help="class name or id")
-    sm.add_argument("-n", type=int, default=8)
+    sm.add_argument("-n", type=positive, default=8)
     sm.add_argument("--seed", type=int, default=0)
     ex = sub.add_parser("export", help="write a servable copy of a family (fp16, students of <= 8 steps)")
     ex.add_argument("dir", type=Path)
@@ -52,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default="float16")
     ex.add_argument("--data-root", default=None, help="name the training data's folder so in the copy (for example a relative path), instead of where it lay when the family was trained")
     ex.add_argument("--keep", default=None, help="comma-separated checkpoints to copy (e.g. distilled-4,distilled-1), for a smaller family; default: the teacher, stage 1 and every student")
-    ex.add_argument("--max-steps", type=int, default=8)
+    ex.add_argument("--max-steps", type=positive, default=8, help="copy the distilled students of at most this many steps (default 8)")
     ex.add_argument("--name", help="the family's name in the copy (default: the recipe's); two served families may not share one")
     ex.add_argument("--no-diffusers", action="store_true", help="do not also write the students' U-Nets in the diffusers layout (DEST/diffusers/)")
     rp = sub.add_parser("report", help="write a readable report (tables, plots, sample grid) of an evaluated family")
@@ -102,6 +113,8 @@ def cmd_run(args) -> int:
         previous = Recipe.from_json(saved.read_text())
         if previous != recipe:
             raise ConfigError(f"--resume: {out} was started with a different recipe; resume with the same recipe and --set/--data-dir options (see {saved})")
+    elif out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the model family")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; pass --resume to continue it, or choose another --out")
     env = init_distributed()
@@ -146,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "sample":
             from .sample import sample
+
+            if not args.out.parent.is_dir():  # before sampling, not after
+                raise ConfigError(f"--out {args.out}: no folder {args.out.parent} to write it in")
 
             path = sample(args.dir, args.out, steps=args.steps, guidance=args.guidance, stochastic=args.stochastic, prompt=args.prompt, class_name=args.class_name, n=args.n, seed=args.seed)
             print(f"wrote {path}")

@@ -67,6 +67,13 @@ class EvalConfig:
     students: tuple[int, ...] = ()  # step counts of the students evaluated, deterministic and stochastic (empty: every one)
     evaluator_steps: int = 600  # training steps of the feature/attribute network
 
+    def __post_init__(self):
+        if self.samples < 2 or self.batch_size < 1 or self.repeats < 1 or self.reference_steps < 1:
+            raise ConfigError(f"evaluation needs samples >= 2, batch_size >= 1, repeats >= 1 and reference_steps >= 1, got {self.samples}, "
+                              f"{self.batch_size}, {self.repeats} and {self.reference_steps}")
+        if self.stage1_steps < 0 or self.evaluator_steps < 0 or any(n < 1 for n in (*self.teacher_steps, *self.dpm_steps, *self.students)):
+            raise ConfigError("evaluation: step counts must be >= 1 (stage1_steps and evaluator_steps >= 0)")
+
 
 @dataclass(frozen=True)
 class Recipe:

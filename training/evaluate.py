@@ -164,7 +164,10 @@ def evaluate(directory: Path, samples: int | None = None, repeats: int | None = 
     if not recipe_path.is_file():
         raise CheckpointError(f"{directory} is not a fewstep run directory (no recipe.json)")
     recipe = Recipe.from_json(recipe_path.read_text())
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise CheckpointError(f"evaluate: --device {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CheckpointError(f"evaluate: device {device} asked for, but CUDA is not available")
     print(f"[evaluate] {directory} on {device}", flush=True)

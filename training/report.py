@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from model.family import Family  # noqa: E402
+from model.files import CheckpointError  # noqa: E402
 from model.schedule import time_grid  # noqa: E402
 from model.noise import SeededNoise  # noqa: E402
 
@@ -260,6 +261,8 @@ def retrieval_table(metrics: dict) -> str:
 
 def write_report(directory: Path, out: Path) -> Path:
     directory, out = Path(directory), Path(out)
+    if not (directory / "metrics.json").is_file():
+        raise CheckpointError(f"{directory} holds no metrics.json: evaluate it first (`python -m training evaluate {directory}`)")
     metrics = json.loads((directory / "metrics.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     name = metrics["family"]

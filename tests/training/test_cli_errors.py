@@ -37,6 +37,43 @@ def test_bad_override(tmp_path):
     assert not (tmp_path / "x" / "recipe.json").exists()
 
 
+def run_main(capsys, *args) -> tuple[int, str]:
+    """`python -m training ARGS` in this process (no torch start-up per case): exit code, stderr."""
+    from training.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # the parser's own errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
+    from training.recipes import get_recipe
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("user data")
+    run_dir = tmp_path / "run"  # a run's folder with its recipe only: enough to reach the checks
+    run_dir.mkdir()
+    (run_dir / "recipe.json").write_text(get_recipe("quick").to_json())
+    cases = [
+        (("run", "quick", "--out", a_file), "is a file"),
+        (("run", "quick", "--out", tmp_path / "x", "--dry-run", "--set", "teacher.lr=abc"), "recipe.teacher.lr: expected float, got 'abc'"),
+        (("run", "quick", "--out", tmp_path / "x", "--dry-run", "--set", "teacher.steps=100k"), "recipe.teacher.steps: expected int, got '100k'"),
+        (("run", "quick", "--out", tmp_path / "x", "--dry-run", "--set", "evaluation.repeats=0"), "repeats >= 1"),  # not after training
+        (("evaluate", run_dir, "--samples", "0"), "must be at least 1"),
+        (("evaluate", run_dir, "--device", "gpu"), "--device 'gpu' is not a device"),
+        (("report", run_dir, "--out", tmp_path / "report"), "evaluate it first"),
+        (("sample", run_dir, "--class", "0", "--out", tmp_path / "nowhere" / "s.png"), "no folder"),
+        (("export", run_dir, "--to", tmp_path / "copy", "--max-steps", "0"), "must be at least 1"),
+        (("data", "emoji", "--out", a_file), "is a file"),
+    ]
+    for args, needle in cases:
+        code, err = run_main(capsys, *args)
+        assert code == 2 and needle in err and "Traceback" not in err, (args, code, err[-1000:])
+    assert a_file.read_text() == "user data" and not (tmp_path / "x").exists() and not (tmp_path / "report").exists()
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30), "white": (245, 245, 245), "black": (10, 10, 10)}
 
 

@@ -90,6 +90,8 @@ def build(out: Path, size: int = 64, font_path: Path | None = None) -> dict:
     if not 8 <= size <= 512:
         raise DataError(f"emoji: --size must lie in [8, 512], got {size}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"emoji: --out {out} is a file; give a folder")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"emoji: {out} exists and is not empty; choose another --out")
     try:
@@ -97,7 +99,11 @@ def build(out: Path, size: int = 64, font_path: Path | None = None) -> dict:
     except OSError as exc:
         raise DataError(f"emoji: {font_path} is not a font Pillow can read at size {BITMAP_SIZE} ({exc})") from None
     rendered = []
-    for cp in emoji_code_points(font_path):
+    try:
+        points = emoji_code_points(font_path)
+    except Exception as exc:  # noqa: BLE001 - fontTools has its own kinds (TTLibError: a font collection, a damaged table)
+        raise DataError(f"emoji: {font_path} is not a single font fontTools can read ({type(exc).__name__}: {exc}); pass a .ttf") from None
+    for cp in points:
         image = render(font, cp, size)
         if image is not None:
             rendered.append((cp, caption_name(cp), image))

@@ -63,8 +63,10 @@ def _eight_bit(image: Image.Image, field: str) -> Image.Image:
     models read images: 16-bit greyscale (PNG, TIFF) scaled to 8 bits, where Pillow's own
     conversion would clip it at 255 (a nearly white image); colour spaces Pillow converts
     wrongly or not at all (LAB, HSV) refused with a reason."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        levels = np.asarray(image.convert("I"), dtype=np.int64) if image.mode != "I" else np.asarray(image, dtype=np.int64)
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit PNG, TIFF (I;16) and PGM (I); 32-bit integer TIFF (I)
+        levels = np.asarray(image.convert("I") if image.mode != "I" else image, dtype=np.int64)
+        if image.mode == "I" and levels.max(initial=0) <= 255:
+            return image.convert("L")  # 8-bit values in a 32-bit image: read as they are
         return Image.fromarray(((np.clip(levels, 0, 65535) + 128) // 257).astype(np.uint8), "L")
     if image.mode not in ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "F"):
         raise ImageError(f"{field} is in the colour mode {image.mode}; send an RGB, RGBA or greyscale image", status=415, field=field)

@@ -24,7 +24,7 @@ from . import progress
 from .handling import enqueue, run_job
 from .images import ImageError, open_image
 from .jobs import build_job
-from .schemas import InpaintBody, OpenAIGenerationBody, Txt2ImgBody
+from .schemas import InpaintBody, OpenAIGenerationBody, Text, Txt2ImgBody
 
 router = APIRouter(prefix="/v1/images", dependencies=[KeyChecked])
 
@@ -107,12 +107,12 @@ async def edits(
     request: Request,
     state: StateDep,
     image: UploadFile = File(..., description="the image to edit (PNG)"),
-    prompt: str = Form(...),
+    prompt: Text = Form(...),
     mask: UploadFile | None = File(None, description="PNG of the same size; transparent = repaint"),
-    model: str | None = Form(None),
+    model: Text | None = Form(None),
     n: int = Form(1, ge=1, le=8),
-    size: str | None = Form(None),
-    response_format: str | None = Form(None),
+    size: Text | None = Form(None),
+    response_format: Text | None = Form(None),
     guidance: float | None = Form(None),
     steps: int | None = Form(None),
     stochastic: bool = Form(False),

@@ -16,6 +16,7 @@ from PIL import Image
 from .contract import Job, JobItem
 from .images import ImageError
 
+MAX_DEPTH = 32  # of the settings' JSON; the service writes one flat object
 CHUNK = "fewstep"  # the JSON chunk; the per-setting chunks are for other PNG readers
 
 
@@ -57,4 +58,17 @@ def read_settings(data: bytes) -> dict:
         raise ImageError("the PNG's fewstep settings are not valid JSON", status=422, field="image") from None
     if not isinstance(settings, dict):
         raise ImageError("the PNG's fewstep settings are not a JSON object", status=422, field="image")
+    if _depth(settings) > MAX_DEPTH:  # the answer's serializer stops at 255 levels, with a 500
+        raise ImageError(f"the PNG's fewstep settings are nested deeper than {MAX_DEPTH} levels", status=422, field="image")
     return settings
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest

@@ -65,9 +65,10 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
-        if value.strip().lower() not in ("debug", "info", "warning", "error", "critical"):
+        level = {"warn": "warning", "fatal": "critical"}.get(value.strip().lower(), value.strip().lower())  # Python's aliases
+        if level not in ("debug", "info", "warning", "error", "critical"):
             raise ValueError(f"log level {value!r} is not one of debug, info, warning, error, critical")
-        return value.strip().lower()
+        return level
 
     @field_validator("api_key", "webhook_secret", "redis_url", "models_dir", "fixed_batch", "torch_threads", "compile_processes", mode="before")
     @classmethod

@@ -93,5 +93,5 @@ async def deliver(url: str, body: dict, settings: Settings) -> bool:
                 log.info("webhook of job %s: try %d failed (%s); retrying in %.1fs", body.get("id"), attempt, problem, backoff)
                 await asyncio.sleep(backoff)
                 backoff *= 2
-    log.warning("webhook of job %s: not delivered after %d tries (%s)", body.get("id"), settings.webhook_attempts, problem)
+    log.warning("webhook of job %s: not delivered after %d tries (%s)", body.get("id"), attempt, problem)
     return False

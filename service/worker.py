@@ -423,6 +423,8 @@ async def load_runner(settings: Settings, paths: dict, *, beside_api: bool = Fal
 
 
 async def _main(settings: Settings, metrics_port: int | None) -> None:
+    from model.files import CheckpointError
+
     from .registry import discover
 
     if not settings.redis_url:
@@ -431,7 +433,11 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    runner = await load_runner(settings, discover(settings.models_dir))
+    try:
+        families = discover(settings.models_dir)
+    except (OSError, ValueError, CheckpointError) as exc:  # a models folder or family that cannot be read: say which
+        raise SystemExit(f"error: {exc}") from None
+    runner = await load_runner(settings, families)
     client = connect(settings.redis_url)
     worker = Worker(settings, RedisQueue(client, settings.queue_prefix, settings.job_ttl_s, sync=connect_sync(settings.redis_url)), runner)
     stop = asyncio.Event()
@@ -455,8 +461,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from pydantic import ValidationError
 
-    from model.files import CheckpointError
-
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -468,10 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         run = asyncio.run
     else:
         run = uvloop.run
-    try:
-        run(_main(settings, args.metrics_port))
-    except (LookupError, CheckpointError) as exc:  # no family, or one whose folder cannot be read: say which
-        raise SystemExit(f"error: {exc}") from None
+    run(_main(settings, args.metrics_port))
 
 
 if __name__ == "__main__":

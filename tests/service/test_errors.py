@@ -120,6 +120,9 @@ def test_a_16_bit_greyscale_upload_is_read_at_its_grey_level():
     Image.fromarray(np.full((64, 64), 32768, dtype=np.uint16)).save(grey, "PNG")  # mid-grey in 16 bits
     rgb = np.asarray(open_image(grey.getvalue(), "image", 2**20, 2048).convert("RGB"))
     assert abs(rgb.mean() - 128) < 1  # Pillow's own conversion clips it to 255: white
+    eight_bit_values = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 200, dtype=np.int32), "I").save(eight_bit_values, "TIFF")  # a 32-bit image of 8-bit values
+    assert np.asarray(open_image(eight_bit_values.getvalue(), "image", 2**20, 2048).convert("L")).mean() == 200
 
 
 def openai_error(r: httpx.Response) -> dict:

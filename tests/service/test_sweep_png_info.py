@@ -77,6 +77,7 @@ def test_png_info_refuses_what_it_cannot_read(service):
         (base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"junk" * 10).decode(), 422),  # a broken PNG
         ("A" * (6 * 2**20), 413),  # over the upload cap, refused before decoding
         (_with_settings(b"[" * 50000 + b"]" * 50000), 422),  # nested too deep for the JSON parser
+        (_with_settings(b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}"), 422),  # parsed, but too deep for the answer's serializer
         (_with_settings(b'{"prompt": "\\ud800"}'), 422),  # a lone surrogate: no answer could carry it
         (_with_settings(b'{"guidance": NaN}'), 422),
     ]

@@ -15,15 +15,22 @@ from .loop import Interrupted, StopSignals
 from .recipes import RECIPES, get_recipe
 
 
-def positive(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+positive = at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
     ev = sub.add_parser("evaluate", help="evaluate a model family; writes DIR/metrics.json")
     ev.add_argument("dir", type=Path)
-    ev.add_argument("--samples", type=positive, help="samples per row (default: the recipe's)")
+    ev.add_argument("--samples", type=at_least(2), help="samples per row, at least 2 (default: the recipe's)")
     ev.add_argument("--repeats", type=positive, help="independent seed sets per row (default: the recipe's)")
     ev.add_argument("--fresh", action="store_true", help="start over instead of continuing a killed evaluation from its finished rows")
     ev.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when there is one)")

@@ -173,6 +173,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             node = node[p]
         if parts[-1] not in node and not (isinstance(node, dict) and key.startswith("network.")):
             raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
-        node[parts[-1]] = parse_value(value)
+        parsed = parse_value(value)
+        node[parts[-1]] = value if isinstance(node.get(parts[-1]), str) and not isinstance(parsed, str) else parsed  # --set name=2024: text
     return from_dict(Recipe, data, "recipe")
 

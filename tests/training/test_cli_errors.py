@@ -61,17 +61,21 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
         (("run", "quick", "--out", tmp_path / "x", "--dry-run", "--set", "teacher.lr=abc"), "recipe.teacher.lr: expected float, got 'abc'"),
         (("run", "quick", "--out", tmp_path / "x", "--dry-run", "--set", "teacher.steps=100k"), "recipe.teacher.steps: expected int, got '100k'"),
         (("run", "quick", "--out", tmp_path / "x", "--dry-run", "--set", "evaluation.repeats=0"), "repeats >= 1"),  # not after training
-        (("evaluate", run_dir, "--samples", "0"), "must be at least 1"),
+        (("evaluate", run_dir, "--samples", "1"), "must be at least 2"),
         (("evaluate", run_dir, "--device", "gpu"), "--device 'gpu' is not a device"),
         (("report", run_dir, "--out", tmp_path / "report"), "evaluate it first"),
         (("sample", run_dir, "--class", "0", "--out", tmp_path / "nowhere" / "s.png"), "no folder"),
         (("export", run_dir, "--to", tmp_path / "copy", "--max-steps", "0"), "must be at least 1"),
-        (("data", "emoji", "--out", a_file), "is a file"),
+        (("data", "emoji", "--out", a_file, "--font", a_file), "is a file"),  # any existing --font: checked after the folder
     ]
     for args, needle in cases:
         code, err = run_main(capsys, *args)
         assert code == 2 and needle in err and "Traceback" not in err, (args, code, err[-1000:])
     assert a_file.read_text() == "user data" and not (tmp_path / "x").exists() and not (tmp_path / "report").exists()
+    from training.cli import main
+
+    assert main(["run", "quick", "--out", str(tmp_path / "x"), "--dry-run", "--set", "name=2024"]) == 0  # a number given to a text field
+    assert json.loads(capsys.readouterr().out)["name"] == "2024"
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 230), "yellow": (240, 220, 30), "white": (245, 245, 245), "black": (10, 10, 10)}

@@ -10,8 +10,8 @@ drift of the machine's speed weighs on both alike; then it restarts each on what
 The service's `TMPDIR` is that folder too: torch keeps some of what it
 compiles (precompiled headers) under the temporary folder rather than the cache folder, so each
 run pays all that a new machine compiles. Printed per run: start to /readyz, each family's warm-up from the
-service's log, the CPU time the service and the processes it started (helpers, compilers) had
-used by then, and the restart; then the means, their ratio, and the least time that CPU work
+service's log, the CPU time the service and the processes it started (helpers, compilers, running
+or ended) had used by then, and the restart; then the means, their ratio, and the least time that CPU work
 allows on this machine's cores (its CPU time divided by the cores: the floor of any schedule).
 """
 
@@ -45,7 +45,7 @@ def start(redis_url: str, logs: Path, cache: str, overrides: dict) -> dict:
     env = {"TORCHINDUCTOR_CACHE_DIR": cache, "TMPDIR": cache}  # torch keeps its precompiled headers under the temporary folder
     for key in ("first", "restart"):
         svc = Service(redis_url, log_dir=logs, threads=None, env=env, queue_prefix="first-start", device="cpu", compile="1", **overrides)
-        out[f"{key}_cpu"] = cpu_seconds(svc.proc.pid)  # at /readyz: every compile is done and its processes reaped
+        out[f"{key}_cpu"] = cpu_seconds(svc.proc.pid)  # at /readyz
         svc.stop()
         out[key] = svc.start_s
         out[f"{key}_families"] = {name: float(s) for name, s in WARMED.findall(svc.log.read_text())}

@@ -18,15 +18,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command's name: [0] is stat(5)'s field 3 (state)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all cores) a process and its children that it has waited for
-    used so far, from Linux's /proc; NaN where that cannot be read."""
+    """CPU time (user + system, all cores) used so far by a process and everything it started:
+    its own, its descendants' that are still running, and what each of them counted for the
+    children it waited for (Linux's /proc); NaN where that cannot be read."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # after the command's name: state is field 3 of stat(5); utime, stime, cutime, cstime are 14-17
-        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        fields = {pid: _stat(pid)}
+    except (OSError, IndexError):
         return float("nan")
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pid:
+            try:
+                stat = _stat(entry.name)
+                fields[int(entry.name)] = stat
+                children.setdefault(int(stat[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass  # a process that ended meanwhile
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += sum(int(f) for f in fields[p][11:15])  # utime, stime, cutime, cstime (stat(5) fields 14-17)
+        todo.extend(children.get(p, ()))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def describe(device: str | None = None) -> str:

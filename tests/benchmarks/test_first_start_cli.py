@@ -44,13 +44,24 @@ def test_a_family_missing_from_a_runs_log_is_printed_as_nan_not_a_crash():
     assert "| 1 | side by side (the default) | 44.0 | 80.0 | 38.0 | nan | 10.0 |" in text
 
 
-def test_cpu_time_counts_the_children_a_process_has_waited_for():
+SPIN = "import time\nwhile time.process_time() < 0.6: pass"  # 0.6 s of CPU time, on any machine
+
+
+def test_cpu_time_counts_the_children_a_process_started_running_or_ended():
     import os
+    import time
 
     before = cpu_seconds(os.getpid())
-    subprocess.run([sys.executable, "-c", "sum(range(20_000_000))"], check=True, timeout=120)
-    after = cpu_seconds(os.getpid())
-    assert after - before >= 0.2, (before, after)  # the child's loop, not this process's wait
+    subprocess.run([sys.executable, "-c", SPIN], check=True, timeout=120)
+    ended = cpu_seconds(os.getpid())
+    assert ended - before >= 0.5, (before, ended)  # the child's loop, not this process's wait
+    running = subprocess.Popen([sys.executable, "-c", SPIN + "\nprint('done', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert running.stdout.readline() == "done\n"
+        assert cpu_seconds(os.getpid()) - ended >= 0.5  # still running, not yet waited for
+    finally:
+        running.kill()
+        running.wait()
     assert math.isnan(cpu_seconds(2**22 + 12345))  # no such process
 
 

@@ -42,13 +42,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from model.files import CheckpointError
-
     from .app import create_app
+    from .registry import STARTUP_ERRORS
 
     try:
         app = create_app(settings, redis_url=redis_url, workers=args.workers)
-    except (LookupError, ValueError, OSError, CheckpointError) as exc:  # a family folder that cannot be read, say why
+    except STARTUP_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         if embedded:
             embedded.close()

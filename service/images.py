@@ -64,7 +64,7 @@ def _eight_bit(image: Image.Image, field: str) -> Image.Image:
     conversion would clip it at 255 (a nearly white image); colour spaces Pillow converts
     wrongly or not at all (LAB, HSV) refused with a reason."""
     if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit PNG, TIFF (I;16) and PGM (I); 32-bit integer TIFF (I)
-        levels = np.asarray(image.convert("I") if image.mode != "I" else image, dtype=np.int64)
+        levels = np.asarray(image.convert("I"), dtype=np.int64)
         if image.mode == "I" and levels.max(initial=0) <= 255:
             return image.convert("L")  # 8-bit values in a 32-bit image: read as they are
         return Image.fromarray(((np.clip(levels, 0, 65535) + 128) // 257).astype(np.uint8), "L")

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.builtin import builtin_families
+from model.files import CheckpointError
 from model.manifest import FamilyInfo, read_family
 from model.prompt_length import CLIP_ENCODER, register_tokenizer
+
+
+# what discovering and reading the families may raise at start-up: a missing folder, an unreadable
+# or corrupt family, two of one name, an unknown default; the service and the worker exit with its message
+STARTUP_ERRORS = (OSError, ValueError, LookupError, CheckpointError)
 
 
 class UnknownModel(LookupError):

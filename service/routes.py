@@ -43,10 +43,10 @@ def by_prompt(body: Sampling) -> bool:
 async def _sync(request: Request, state: StateDep, endpoint: str, body: Sampling) -> Response:
     fmt = wanted_image_type(request)
     if fmt is not None:
-        if body.n != 1:
-            raise HTTPException(406, f"Accept: image/{fmt} returns one image; ask for n=1 or accept application/json")
-        if isinstance(body.guidance, list) and len(body.guidance) > 1:
-            raise HTTPException(406, f"Accept: image/{fmt} returns one image and a guidance sweep draws one per value; accept application/json")
+        images = len(body.guidance) if isinstance(body.guidance, list) else body.n  # a guidance sweep draws one per value
+        if images != 1:
+            raise HTTPException(406, f"Accept: image/{fmt} returns one image and this request draws {images}; ask for n=1 without "
+                                     "a guidance sweep, or accept application/json")
         body.format = fmt
     job = build_job(endpoint, body, state.registry.info(body.model, prompt=by_prompt(body)), state.settings, deadline_s=state.settings.request_timeout_s)
     return render(await run_job(request, state, job), fmt)

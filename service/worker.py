@@ -423,9 +423,7 @@ async def load_runner(settings: Settings, paths: dict, *, beside_api: bool = Fal
 
 
 async def _main(settings: Settings, metrics_port: int | None) -> None:
-    from model.files import CheckpointError
-
-    from .registry import discover
+    from .registry import STARTUP_ERRORS, discover
 
     if not settings.redis_url:
         raise SystemExit("python -m service.worker needs REDIS_URL (the Redis that the API queues requests on)")
@@ -435,7 +433,7 @@ async def _main(settings: Settings, metrics_port: int | None) -> None:
         start_http_server(metrics_port)
     try:
         families = discover(settings.models_dir)
-    except (OSError, ValueError, CheckpointError) as exc:  # a models folder or family that cannot be read: say which
+    except STARTUP_ERRORS as exc:
         raise SystemExit(f"error: {exc}") from None
     runner = await load_runner(settings, families)
     client = connect(settings.redis_url)
@@ -469,10 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     try:  # uvloop (uvicorn[standard]), as the API process runs under uvicorn: a faster event loop
         import uvloop
     except ImportError:
-        run = asyncio.run
+        asyncio.run(_main(settings, args.metrics_port))
     else:
-        run = uvloop.run
-    run(_main(settings, args.metrics_port))
+        uvloop.run(_main(settings, args.metrics_port))
 
 
 if __name__ == "__main__":
